@@ -1,0 +1,585 @@
+//! The conformance checks, one async function each. Each opens fresh stores in temp folders.
+
+use crate::Open;
+use crate::fixtures::*;
+use bytes::Bytes;
+use domicile_core::{Bucket, RecordKey, Version};
+use domicile_store::{ChangeOp, Lsn, Precondition, RegionStore, StoreError, VersionedRecord};
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tempfile::TempDir;
+
+pub async fn fresh(open: Open) -> (TempDir, Arc<dyn RegionStore>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path()).await;
+    (dir, store)
+}
+
+/// Drains a snapshot of `scope` into a vector, with its LSN.
+pub async fn snapshot_all(
+    store: &dyn RegionStore,
+    scope: &domicile_core::Scope,
+) -> (Lsn, Vec<VersionedRecord>) {
+    let scan = store.snapshot(scope).await.expect("snapshot");
+    let mut out = Vec::new();
+    let mut chunks = scan.chunks;
+    while let Some(chunk) = chunks.next().await {
+        out.extend(chunk.expect("snapshot chunk"));
+    }
+    (scan.lsn, out)
+}
+
+pub async fn crud_and_versions(open: Open) {
+    let (_dir, store) = fresh(open).await;
+    let a = order("alice", "o-1");
+    assert_eq!(store.get(&a).await.unwrap(), None);
+    let v1 = store.write(vec![put(&a, "first")]).await.unwrap()[0];
+    let got = store.get(&a).await.unwrap().expect("written");
+    assert_eq!((got.version, got.value), (v1, Bytes::from("first")));
+    let v2 = store.write(vec![put(&a, "second")]).await.unwrap()[0];
+    assert!(v2 > v1, "versions increase per key");
+    assert_eq!(
+        store.get(&a).await.unwrap().unwrap().value,
+        Bytes::from("second")
+    );
+    let v3 = store.write(vec![delete(&a)]).await.unwrap()[0];
+    assert!(v3 > v2);
+    assert_eq!(store.get(&a).await.unwrap(), None);
+    match store.write(vec![delete(&a)]).await {
+        Err(StoreError::NotFound { index: 0 }) => {}
+        other => panic!("deleting a missing record: {other:?}"),
+    }
+    // The same key in another user, collection, service or market is another record.
+    let other_user = order("bob", "o-1");
+    let other_market = collection("ecommerce", "BR", "alice", "orders").record(a.key.clone());
+    store
+        .write(vec![put(&other_user, "b"), put(&other_market, "c")])
+        .await
+        .unwrap();
+    assert_eq!(store.get(&a).await.unwrap(), None);
+    assert_eq!(
+        store.get(&other_market).await.unwrap().unwrap().value,
+        Bytes::from("c")
+    );
+    // An empty value is a value, not a deletion.
+    store.write(vec![put(&a, "")]).await.unwrap();
+    assert_eq!(store.get(&a).await.unwrap().unwrap().value, Bytes::new());
+}
+
+pub async fn conditional_writes(open: Open) {
+    let (_dir, store) = fresh(open).await;
+    let a = order("carol", "o-1");
+    let with = |p: Precondition, value: &str| {
+        let mut m = put(&a, value);
+        m.precondition = p;
+        vec![m]
+    };
+    assert!(matches!(
+        store.write(with(Precondition::Exists, "x")).await,
+        Err(StoreError::PreconditionFailed {
+            index: 0,
+            current: None
+        })
+    ));
+    let v1 = store
+        .write(with(Precondition::Absent, "one"))
+        .await
+        .unwrap()[0];
+    assert!(matches!(
+        store.write(with(Precondition::Absent, "x")).await,
+        Err(StoreError::PreconditionFailed { current: Some(v), .. }) if v == v1
+    ));
+    assert!(matches!(
+        store.write(with(Precondition::Version(Version(v1.0 + 1)), "x")).await,
+        Err(StoreError::PreconditionFailed { current: Some(v), .. }) if v == v1
+    ));
+    let v2 = store
+        .write(with(Precondition::Version(v1), "two"))
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        store.get(&a).await.unwrap().unwrap().value,
+        Bytes::from("two")
+    );
+    // Refused writes wrote nothing: the log holds exactly the two accepted ones.
+    let (changes, _) = store
+        .changes(Lsn(0), &whole("ecommerce", "IN"), 100)
+        .await
+        .unwrap();
+    let versions: Vec<Version> = changes.iter().map(|c| c.entry.version).collect();
+    assert_eq!(versions, [v1, v2]);
+    // A tombstone is not a live record for preconditions.
+    store.write(vec![delete(&a)]).await.unwrap();
+    store
+        .write(with(Precondition::Absent, "three"))
+        .await
+        .unwrap();
+}
+
+pub async fn batches_are_atomic(open: Open) {
+    let (_dir, store) = fresh(open).await;
+    let (a, b) = (order("dave", "o-1"), order("dave", "o-2"));
+    let mut second = put(&b, "b");
+    second.precondition = Precondition::Exists;
+    let err = store.write(vec![put(&a, "a"), second]).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::PreconditionFailed { index: 1, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        store.get(&a).await.unwrap(),
+        None,
+        "nothing of a refused batch is written"
+    );
+    assert_eq!(store.last_lsn(), Lsn(0));
+    // Several mutations of one key in one batch apply in order.
+    let versions = store
+        .write(vec![put(&a, "1"), put(&a, "2"), delete(&b).clone()])
+        .await;
+    assert!(matches!(versions, Err(StoreError::NotFound { index: 2 })));
+    let versions = store.write(vec![put(&a, "1"), put(&a, "2")]).await.unwrap();
+    assert!(versions[1] > versions[0]);
+    assert_eq!(
+        store.get(&a).await.unwrap().unwrap().value,
+        Bytes::from("2")
+    );
+}
+
+pub async fn list_order_and_pagination(open: Open) {
+    let (_dir, store) = fresh(open).await;
+    let coll = collection("ecommerce", "IN", "erin", "orders");
+    let mut model = BTreeMap::new();
+    for i in [7, 3, 11, 1, 9, 5, 2, 10, 4, 8, 6, 0] {
+        let key = format!("k{i:02}");
+        let a = coll.record(RecordKey::new(key.as_str()).unwrap());
+        store.write(vec![put(&a, &"v".repeat(i))]).await.unwrap();
+        model.insert(key, i as u64);
+    }
+    // Deleted records and neighbours (other user, other collection) never show up.
+    let gone = coll.record(RecordKey::new("k05").unwrap());
+    store.write(vec![delete(&gone)]).await.unwrap();
+    model.remove("k05");
+    store
+        .write(vec![put(&order("erin2", "k00"), "x")])
+        .await
+        .unwrap();
+    let addresses = collection("ecommerce", "IN", "erin", "addresses");
+    store
+        .write(vec![put(
+            &addresses.record(RecordKey::new("k00").unwrap()),
+            "x",
+        )])
+        .await
+        .unwrap();
+
+    let mut seen = Vec::new();
+    let mut after: Option<RecordKey> = None;
+    loop {
+        let page = store.list(&coll, after.as_ref(), 3).await.unwrap();
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items.iter().map(|i| (i.key.to_string(), i.size)));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let expected: Vec<(String, u64)> = model.into_iter().collect();
+    assert_eq!(seen, expected);
+    let page = store
+        .list(&coll, Some(&RecordKey::new("k10").unwrap()), 100)
+        .await
+        .unwrap();
+    let keys: Vec<String> = page.items.iter().map(|i| i.key.to_string()).collect();
+    assert_eq!(keys, ["k11"]);
+    assert_eq!(page.next, None);
+}
+
+pub async fn change_log_is_complete_and_ordered(open: Open) {
+    let (_dir, store) = fresh(open).await;
+    let mut expected = Vec::new();
+    for i in 0..50u32 {
+        let a = order(&format!("u{}", i % 7), &format!("k{}", i % 5));
+        let exists = store.get(&a).await.unwrap().is_some();
+        let (m, op) = if i % 4 == 3 && exists {
+            (delete(&a), ChangeOp::Delete)
+        } else {
+            (put(&a, "v"), ChangeOp::Put)
+        };
+        let v = store.write(vec![m]).await.unwrap()[0];
+        expected.push((a, op, v));
+    }
+    assert_eq!(store.last_lsn(), Lsn(expected.len() as u64));
+    let (changes, position) = store
+        .changes(Lsn(0), &whole("ecommerce", "IN"), 1000)
+        .await
+        .unwrap();
+    assert_eq!(position, store.last_lsn());
+    assert_eq!(changes.len(), expected.len());
+    for (i, (change, (a, op, v))) in changes.iter().zip(&expected).enumerate() {
+        assert_eq!(
+            change.entry.lsn,
+            Lsn(i as u64 + 1),
+            "LSNs are dense and ordered"
+        );
+        assert_eq!(
+            (&change.entry.address, change.entry.op, change.entry.version),
+            (a, *op, *v)
+        );
+        let current = change.current.as_ref().expect("not purged");
+        assert!(
+            current.version >= *v,
+            "the current state is at least as new as the entry"
+        );
+    }
+    // Waiting returns at once when there is something newer, and after the timeout otherwise.
+    assert_eq!(
+        store.wait_for_changes(Lsn(0), Duration::from_secs(5)).await,
+        store.last_lsn()
+    );
+    let last = store.last_lsn();
+    let waiter = {
+        let store = store.clone();
+        tokio::spawn(async move { store.wait_for_changes(last, Duration::from_secs(30)).await })
+    };
+    store
+        .write(vec![put(&order("late", "k"), "v")])
+        .await
+        .unwrap();
+    assert_eq!(waiter.await.unwrap(), Lsn(last.0 + 1));
+}
+
+pub async fn change_stream_filters_by_scope_and_pages(open: Open) {
+    let (_dir, store) = fresh(open).await;
+    let (b1, b2) = (Bucket(1), Bucket(2));
+    let (u1, u2) = (user_in_bucket(b1, "p"), user_in_bucket(b2, "p"));
+    let mut in_scope = Vec::new();
+    for i in 0..30 {
+        let user = if i % 2 == 0 { &u1 } else { &u2 };
+        let a = order(user, &format!("k{i}"));
+        store.write(vec![put(&a, "v")]).await.unwrap();
+        if i % 2 == 0 {
+            in_scope.push(a);
+        }
+        // Same bucket, other service or market: outside the scope.
+        let shop_br = collection("ecommerce", "BR", user, "orders")
+            .record(RecordKey::new(format!("k{i}")).unwrap());
+        let account = collection("account", "IN", user, "profile")
+            .record(RecordKey::new(format!("k{i}")).unwrap());
+        store
+            .write(vec![put(&shop_br, "v"), put(&account, "v")])
+            .await
+            .unwrap();
+    }
+    let scope = scope_of("ecommerce", "IN", [b1]);
+    let mut got = Vec::new();
+    let mut from = Lsn(0);
+    loop {
+        let (page, next) = store.changes(from, &scope, 4).await.unwrap();
+        assert!(page.len() <= 4);
+        assert!(next >= from);
+        got.extend(page.into_iter().map(|c| c.entry.address));
+        if next == store.last_lsn() {
+            break;
+        }
+        from = next;
+    }
+    assert_eq!(got, in_scope);
+    // Reading from the end returns nothing and stays put.
+    let (rest, at) = store.changes(store.last_lsn(), &scope, 10).await.unwrap();
+    assert!(rest.is_empty());
+    assert_eq!(at, store.last_lsn());
+}
+
+pub async fn snapshot_is_isolated_from_concurrent_writes(open: Open) {
+    let (_dir, store) = fresh(open).await;
+    let scope = whole("ecommerce", "IN");
+    let mut before = BTreeMap::new();
+    for i in 0..3000 {
+        let a = order(&format!("s{}", i % 97), &format!("k{i}"));
+        let v = store.write(vec![put(&a, &format!("v{i}"))]).await.unwrap()[0];
+        before.insert(a, v);
+    }
+    let scan = store.snapshot(&scope).await.unwrap();
+    assert_eq!(scan.lsn, store.last_lsn());
+    // Writers change, delete and add records while the snapshot is being read.
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0..600 {
+                let a = order(&format!("s{}", (i * 5) % 97), &format!("k{}", i * 5));
+                let m = if i % 3 == 0 {
+                    delete(&a)
+                } else {
+                    put(&a, "changed")
+                };
+                store
+                    .write(vec![m, put(&order("new", &format!("n{i}")), "new")])
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut snapshot_records = Vec::new();
+    let mut chunks = scan.chunks;
+    while let Some(chunk) = chunks.next().await {
+        snapshot_records.extend(chunk.unwrap());
+        tokio::task::yield_now().await;
+    }
+    writer.await.unwrap();
+    let seen: BTreeMap<_, _> = snapshot_records
+        .iter()
+        .map(|r| (r.address.clone(), r.version))
+        .collect();
+    assert_eq!(
+        seen, before,
+        "the snapshot shows exactly the state at its LSN"
+    );
+    assert!(snapshot_records.iter().all(|r| r.value.is_some()));
+
+    // The move's copy path: the snapshot, then the changes after its LSN, reproduce the source.
+    let (_dir2, copy) = fresh(open).await;
+    copy.import(snapshot_records).await.unwrap();
+    let (changes, _) = store.changes(scan.lsn, &scope, 100_000).await.unwrap();
+    assert_eq!(changes.len(), 1200);
+    copy.import(changes.into_iter().filter_map(|c| c.current).collect())
+        .await
+        .unwrap();
+    assert_eq!(
+        copy.digest(&scope).await.unwrap(),
+        store.digest(&scope).await.unwrap()
+    );
+}
+
+pub async fn import_is_idempotent_and_order_independent(open: Open) {
+    let (_d1, first) = fresh(open).await;
+    let (_d2, second) = fresh(open).await;
+    let mut records = Vec::new();
+    for k in 0..40u64 {
+        let a = order(&format!("i{}", k % 6), &format!("k{k}"));
+        for v in 1..=4u64 {
+            let value = if (k + v) % 5 == 0 {
+                None
+            } else {
+                Some(Bytes::from(format!("{k}:{v}")))
+            };
+            records.push(VersionedRecord {
+                address: a.clone(),
+                version: Version(100 * v + k),
+                value,
+            });
+        }
+    }
+    let forward = first.import(records.clone()).await.unwrap();
+    assert_eq!(forward.applied + forward.skipped, records.len() as u64);
+    // The other store gets them backwards, in small batches, twice.
+    let mut reversed = records.clone();
+    reversed.reverse();
+    for chunk in reversed.chunks(7).chain(records.chunks(13)) {
+        second.import(chunk.to_vec()).await.unwrap();
+    }
+    let scope = whole("ecommerce", "IN");
+    assert_eq!(
+        first.digest(&scope).await.unwrap(),
+        second.digest(&scope).await.unwrap()
+    );
+    assert_eq!(
+        snapshot_all(first.as_ref(), &scope).await.1,
+        snapshot_all(second.as_ref(), &scope).await.1
+    );
+    // Replaying everything again changes nothing and logs nothing.
+    let lsn = first.last_lsn();
+    let again = first.import(records.clone()).await.unwrap();
+    assert_eq!((again.applied, again.skipped), (0, records.len() as u64));
+    assert_eq!(first.last_lsn(), lsn);
+    // The highest version of each key won, tombstones included.
+    for k in 0..40u64 {
+        let a = order(&format!("i{}", k % 6), &format!("k{k}"));
+        let expected = if (k + 4) % 5 == 0 {
+            None
+        } else {
+            Some(Bytes::from(format!("{k}:4")))
+        };
+        assert_eq!(first.get(&a).await.unwrap().map(|r| r.value), expected);
+    }
+    // A client write after an import outranks the imported version.
+    let a = order("i1", "k1");
+    let v = first.write(vec![put(&a, "client")]).await.unwrap()[0];
+    assert!(v > Version(401));
+}
+
+pub async fn digests_are_equal_after_a_copy(open: Open) {
+    let (_d1, source) = fresh(open).await;
+    let (_d2, target) = fresh(open).await;
+    let scope = whole("cloud", "MY");
+    for i in 0..500 {
+        let a = collection("cloud", "MY", &format!("d{}", i % 41), "notes")
+            .record(RecordKey::new(format!("n{i}")).unwrap());
+        source
+            .write(vec![put(&a, &format!("note {i}"))])
+            .await
+            .unwrap();
+        if i % 9 == 0 {
+            source.write(vec![delete(&a)]).await.unwrap();
+        }
+    }
+    let (_, records) = snapshot_all(source.as_ref(), &scope).await;
+    target.import(records).await.unwrap();
+    let (a, b) = (
+        source.digest(&scope).await.unwrap(),
+        target.digest(&scope).await.unwrap(),
+    );
+    assert_eq!(a.len(), 1024, "one digest per bucket, empty ones included");
+    assert_eq!(a, b);
+    assert_eq!(a.iter().map(|d| d.records).sum::<u64>(), 500 - 56);
+    // Tombstones do not count: a target without them still agrees.
+    let (_d3, live_only) = fresh(open).await;
+    let (_, records) = snapshot_all(source.as_ref(), &scope).await;
+    live_only
+        .import(records.into_iter().filter(|r| r.value.is_some()).collect())
+        .await
+        .unwrap();
+    assert_eq!(live_only.digest(&scope).await.unwrap(), a);
+    // One changed record changes exactly its bucket's digest.
+    let victim = collection("cloud", "MY", "d3", "notes").record(RecordKey::new("n3").unwrap());
+    target.write(vec![put(&victim, "tampered")]).await.unwrap();
+    let c = target.digest(&scope).await.unwrap();
+    let differing: Vec<Bucket> = a
+        .iter()
+        .zip(&c)
+        .filter(|(x, y)| x != y)
+        .map(|(x, _)| x.bucket)
+        .collect();
+    assert_eq!(differing, [victim.bucket()]);
+}
+
+pub async fn purge_removes_exactly_the_scope(open: Open) {
+    let (_dir, store) = fresh(open).await;
+    let (b1, b2) = (Bucket(10), Bucket(11));
+    let (u1, u2) = (user_in_bucket(b1, "g"), user_in_bucket(b2, "g"));
+    for i in 0..20 {
+        for user in [&u1, &u2] {
+            store
+                .write(vec![put(&order(user, &format!("k{i}")), "v")])
+                .await
+                .unwrap();
+            let account = collection("account", "IN", user, "profile")
+                .record(RecordKey::new(format!("k{i}")).unwrap());
+            store.write(vec![put(&account, "v")]).await.unwrap();
+        }
+    }
+    store.write(vec![delete(&order(&u1, "k0"))]).await.unwrap();
+    let removed = store
+        .purge(&scope_of("ecommerce", "IN", [b1]))
+        .await
+        .unwrap();
+    assert_eq!(removed, 20, "live records and the tombstone");
+    assert!(store.get(&order(&u1, "k1")).await.unwrap().is_none());
+    assert!(
+        store.get(&order(&u2, "k1")).await.unwrap().is_some(),
+        "other buckets stay"
+    );
+    let account = collection("account", "IN", &u1, "profile").record(RecordKey::new("k1").unwrap());
+    assert!(
+        store.get(&account).await.unwrap().is_some(),
+        "other services stay"
+    );
+    let (_, left) = snapshot_all(store.as_ref(), &scope_of("ecommerce", "IN", [b1])).await;
+    assert!(left.is_empty(), "no tombstones left either");
+    // The purged records' log entries no longer carry data.
+    let (changes, _) = store
+        .changes(Lsn(0), &scope_of("ecommerce", "IN", [b1]), 1000)
+        .await
+        .unwrap();
+    assert!(!changes.is_empty());
+    assert!(changes.iter().all(|c| c.current.is_none()));
+    assert_eq!(
+        store
+            .purge(&scope_of("ecommerce", "IN", [b1]))
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+pub async fn writes_survive_a_reopen(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let a = order("frank", "o-1");
+    let (v, lsn) = {
+        let store = open(dir.path()).await;
+        let v = store.write(vec![put(&a, "kept")]).await.unwrap()[0];
+        store
+            .write(vec![
+                put(&order("frank", "o-2"), "x"),
+                delete(&order("frank", "o-2")),
+            ])
+            .await
+            .unwrap();
+        (v, store.last_lsn())
+    };
+    let store = open(dir.path()).await;
+    assert_eq!(
+        store.get(&a).await.unwrap().map(|r| (r.version, r.value)),
+        Some((v, Bytes::from("kept")))
+    );
+    assert_eq!(store.last_lsn(), lsn);
+    let v2 = store.write(vec![put(&a, "again")]).await.unwrap()[0];
+    assert!(v2 > v);
+    assert_eq!(
+        store.last_lsn(),
+        Lsn(lsn.0 + 1),
+        "LSNs continue, never reused"
+    );
+}
+
+pub async fn trimmed_change_log_keeps_its_lsns(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let scope = whole("ecommerce", "IN");
+    {
+        let store = open(dir.path()).await;
+        for i in 0..10 {
+            store
+                .write(vec![put(&order("gina", &format!("k{i}")), "v")])
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.trim_changes(Lsn(6)).await.unwrap(), 6);
+        let (rest, _) = store.changes(Lsn(0), &scope, 100).await.unwrap();
+        let lsns: Vec<u64> = rest.iter().map(|c| c.entry.lsn.0).collect();
+        assert_eq!(lsns, [7, 8, 9, 10]);
+        store.trim_changes(Lsn(10)).await.unwrap();
+    }
+    let store = open(dir.path()).await;
+    assert_eq!(
+        store.last_lsn(),
+        Lsn(10),
+        "an empty log still remembers its position"
+    );
+    store
+        .write(vec![put(&order("gina", "k10"), "v")])
+        .await
+        .unwrap();
+    assert_eq!(store.last_lsn(), Lsn(11));
+}
+
+pub async fn meta_round_trips(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).await;
+        assert_eq!(store.load_meta("ownership").await.unwrap(), None);
+        store
+            .store_meta("ownership", Bytes::from("v1"))
+            .await
+            .unwrap();
+        store
+            .store_meta("ownership", Bytes::from("v2"))
+            .await
+            .unwrap();
+    }
+    let store = open(dir.path()).await;
+    assert_eq!(
+        store.load_meta("ownership").await.unwrap(),
+        Some(Bytes::from("v2"))
+    );
+}

@@ -1,0 +1,68 @@
+//! The storage conformance suite: written once, run against every `RegionStore` engine.
+//!
+//! An engine's test file calls [`suite!`] with a function that opens its store in a folder;
+//! opening the same folder again must reopen the same store (the durability and crash checks
+//! depend on it). Every check compares the engine with a simple model, never with itself.
+
+pub mod checks;
+pub mod crash;
+pub mod fixtures;
+pub mod model;
+
+use domicile_store::RegionStore;
+use futures::future::BoxFuture;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Opens (or reopens) an engine's store kept in `dir`.
+pub type Open = fn(&Path) -> BoxFuture<'static, Arc<dyn RegionStore>>;
+
+/// Expands to one `#[test]` per conformance check for the engine that `$open` opens.
+#[macro_export]
+macro_rules! suite {
+    ($open:path) => {
+        mod conformance {
+            use super::*;
+
+            macro_rules! check {
+                ($name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        $crate::checks::$name($open).await;
+                    }
+                };
+            }
+
+            check!(crud_and_versions);
+            check!(conditional_writes);
+            check!(batches_are_atomic);
+            check!(list_order_and_pagination);
+            check!(change_log_is_complete_and_ordered);
+            check!(change_stream_filters_by_scope_and_pages);
+            check!(snapshot_is_isolated_from_concurrent_writes);
+            check!(import_is_idempotent_and_order_independent);
+            check!(digests_are_equal_after_a_copy);
+            check!(purge_removes_exactly_the_scope);
+            check!(writes_survive_a_reopen);
+            check!(trimmed_change_log_keeps_its_lsns);
+            check!(meta_round_trips);
+
+            #[test]
+            fn model_based_random_operations() {
+                $crate::model::run($open);
+            }
+
+            #[test]
+            fn acknowledged_writes_survive_sigkill() {
+                $crate::crash::parent($open, concat!(module_path!(), "::crash_writer_process"));
+            }
+
+            /// The writer process of the crash test: does nothing unless the crash test started
+            /// this test binary as its child (see `crash::parent`).
+            #[test]
+            fn crash_writer_process() {
+                $crate::crash::child($open);
+            }
+        }
+    };
+}

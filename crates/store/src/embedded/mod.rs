@@ -1,0 +1,288 @@
+//! The embedded engine: fjall keyspaces for records, the change log and metadata, written by one
+//! group-commit thread (see `writer`) and read directly by callers (see `read`).
+//!
+//! Chosen over redb by measurement: docs/decisions/0001-embedded-engine.md.
+
+mod keys;
+mod read;
+mod writer;
+
+use crate::digest::BucketDigest;
+use crate::error::StoreError;
+use crate::record::{
+    Change, CollectionAddress, ImportOutcome, ListPage, Lsn, Mutation, Record, RecordAddress,
+    VersionedRecord,
+};
+use crate::store::{RegionStore, SnapshotScan};
+use async_trait::async_trait;
+use bytes::Bytes;
+use domicile_core::{Hlc, RecordKey, Scope, Version};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use writer::{Grouped, Request, Writer};
+
+/// The meta key holding the highest trimmed LSN, so the LSN never goes back.
+const LSN_FLOOR: &str = "lsn-floor";
+
+/// Tuning of the embedded engine. The defaults keep memory bounded (see `bench store`).
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Block cache, shared by every keyspace.
+    pub cache_bytes: u64,
+    /// Memtable size per keyspace before it is flushed to a table.
+    pub memtable_bytes: u64,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            cache_bytes: 64 << 20,
+            memtable_bytes: 16 << 20,
+        }
+    }
+}
+
+/// State shared by the writer thread and readers.
+pub(crate) struct Shared {
+    /// The last durable LSN. Held by the writer across commit + publish, and by snapshot takers,
+    /// so that a snapshot and its LSN always agree.
+    committed: Mutex<Lsn>,
+    lsn_watch: watch::Sender<Lsn>,
+    poisoned: AtomicBool,
+    fail_next_commit: AtomicBool,
+    commits: AtomicU64,
+}
+
+/// A region store on fjall. Cheap to clone; dropping the last clone stops the writer and
+/// closes the database, so the folder can be opened again at once.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    db: Database,
+    records: Keyspace,
+    changes: Keyspace,
+    meta: Keyspace,
+    shared: Arc<Shared>,
+    lsn_rx: watch::Receiver<Lsn>,
+    /// `None` only while dropping.
+    tx: Option<mpsc::Sender<Request>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer after it has answered everything queued.
+        self.tx.take();
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                tracing::error!("store writer thread panicked");
+            }
+        }
+    }
+}
+
+fn keyspace_options(options: &EmbeddedOptions) -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default().max_memtable_size(options.memtable_bytes)
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) a store in `path`, recovering from the journal after a crash.
+    pub fn open(path: &Path, options: EmbeddedOptions) -> Result<Self, StoreError> {
+        let db = Database::builder(path)
+            .cache_size(options.cache_bytes)
+            .open()?;
+        let records = db.keyspace("records", || keyspace_options(&options))?;
+        let changes = db.keyspace("changes", || keyspace_options(&options))?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+
+        let mut last = match meta.get(LSN_FLOOR)? {
+            Some(v) => keys::decode_lsn(&v)?,
+            None => Lsn(0),
+        };
+        let mut hlc = Hlc::new();
+        if let Some(guard) = changes.last_key_value() {
+            let (k, v) = guard.into_inner()?;
+            let lsn = keys::decode_lsn(&k)?;
+            last = last.max(lsn);
+            let (entry, _) = keys::decode_change(lsn, &v)?;
+            hlc.observe(entry.version);
+        }
+
+        let (lsn_tx, lsn_rx) = watch::channel(last);
+        let shared = Arc::new(Shared {
+            committed: Mutex::new(last),
+            lsn_watch: lsn_tx,
+            poisoned: AtomicBool::new(false),
+            fail_next_commit: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel(4096);
+        let writer = Writer {
+            db: db.clone(),
+            records: records.clone(),
+            changes: changes.clone(),
+            meta: meta.clone(),
+            shared: shared.clone(),
+            hlc,
+            next_lsn: last,
+        };
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Engine(format!("start the writer thread: {e}")))?;
+        let inner = Inner {
+            db,
+            records,
+            changes,
+            meta,
+            shared,
+            lsn_rx,
+            tx: Some(tx),
+            writer: Some(writer),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Durable commits so far (each shared by every write in its group).
+    pub fn commits(&self) -> u64 {
+        self.inner.shared.commits.load(Ordering::Relaxed)
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.shared.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Failpoint: the next durable commit fails as a failed fsync would.
+    #[doc(hidden)]
+    pub fn fail_next_commit(&self) {
+        self.inner
+            .shared
+            .fail_next_commit
+            .store(true, Ordering::Release);
+    }
+
+    async fn send<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request,
+    ) -> Result<T, StoreError> {
+        if self.is_poisoned() {
+            return Err(StoreError::Poisoned);
+        }
+        let (reply, rx) = oneshot::channel();
+        let tx = self.inner.tx.as_ref().ok_or(StoreError::Closed)?;
+        tx.send(make(reply)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&EmbeddedStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Engine(format!("reader task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl RegionStore for EmbeddedStore {
+    fn engine(&self) -> &'static str {
+        "embedded-fjall"
+    }
+
+    async fn write(&self, batch: Vec<Mutation>) -> Result<Vec<Version>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.send(|reply| Request::Grouped(Grouped::Write { batch, reply }))
+            .await
+    }
+
+    async fn get(&self, address: &RecordAddress) -> Result<Option<Record>, StoreError> {
+        // Point reads are served from the block cache in microseconds; no thread hop.
+        self.read_record(address)
+    }
+
+    async fn list(
+        &self,
+        collection: &CollectionAddress,
+        after: Option<&RecordKey>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
+        let (collection, after) = (collection.clone(), after.cloned());
+        self.blocking(move |s| s.read_list(&collection, after.as_ref(), limit))
+            .await
+    }
+
+    async fn import(&self, records: Vec<VersionedRecord>) -> Result<ImportOutcome, StoreError> {
+        if records.is_empty() {
+            return Ok(ImportOutcome::default());
+        }
+        self.send(|reply| Request::Grouped(Grouped::Import { records, reply }))
+            .await
+    }
+
+    async fn snapshot(&self, scope: &Scope) -> Result<SnapshotScan, StoreError> {
+        self.read_snapshot(scope.clone())
+    }
+
+    async fn changes(
+        &self,
+        after: Lsn,
+        scope: &Scope,
+        limit: usize,
+    ) -> Result<(Vec<Change>, Lsn), StoreError> {
+        let scope = scope.clone();
+        self.blocking(move |s| s.read_changes(after, &scope, limit))
+            .await
+    }
+
+    fn last_lsn(&self) -> Lsn {
+        *self.inner.lsn_rx.borrow()
+    }
+
+    async fn wait_for_changes(&self, after: Lsn, timeout: Duration) -> Lsn {
+        let mut rx = self.inner.lsn_rx.clone();
+        // A closed channel means the writer is gone; report what is durable.
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|lsn| *lsn > after)).await;
+        self.last_lsn()
+    }
+
+    async fn digest(&self, scope: &Scope) -> Result<Vec<BucketDigest>, StoreError> {
+        let scope = scope.clone();
+        self.blocking(move |s| s.read_digest(&scope)).await
+    }
+
+    async fn purge(&self, scope: &Scope) -> Result<u64, StoreError> {
+        let scope = scope.clone();
+        self.send(|reply| Request::Purge { scope, reply }).await
+    }
+
+    async fn trim_changes(&self, upto: Lsn) -> Result<u64, StoreError> {
+        self.send(|reply| Request::Trim { upto, reply }).await
+    }
+
+    async fn load_meta(&self, name: &str) -> Result<Option<Bytes>, StoreError> {
+        Ok(self
+            .inner
+            .meta
+            .get(name)?
+            .map(|v| Bytes::copy_from_slice(&v)))
+    }
+
+    async fn store_meta(&self, name: &str, value: Bytes) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.send(|reply| Request::Grouped(Grouped::Meta { name, value, reply }))
+            .await
+    }
+}

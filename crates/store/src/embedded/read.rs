@@ -1,0 +1,220 @@
+//! The embedded engine's read paths: point reads, pages, snapshots, the change log, digests.
+
+use super::EmbeddedStore;
+use super::keys;
+use crate::digest::{BucketDigest, BucketDigester};
+use crate::error::StoreError;
+use crate::record::{
+    Change, CollectionAddress, ListPage, ListedRecord, Lsn, Record, RecordAddress, VersionedRecord,
+};
+use crate::store::SnapshotScan;
+use bytes::Bytes;
+use domicile_core::{RecordKey, Scope};
+use fjall::Readable;
+use std::ops::Bound;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Records per snapshot chunk: large enough to amortise a frame, small enough to checkpoint often.
+const SNAPSHOT_CHUNK: usize = 1024;
+/// Change-log entries examined per `changes` call, whatever the scope matches.
+const CHANGES_SCAN_LIMIT: usize = 65_536;
+
+impl EmbeddedStore {
+    pub(super) fn read_record(
+        &self,
+        address: &RecordAddress,
+    ) -> Result<Option<Record>, StoreError> {
+        let Some(raw) = self.inner.records.get(keys::record_key(address))? else {
+            return Ok(None);
+        };
+        let (version, value) = keys::decode_value(&raw)?;
+        Ok(value.map(|v| Record {
+            version,
+            value: Bytes::copy_from_slice(v),
+        }))
+    }
+
+    pub(super) fn read_list(
+        &self,
+        collection: &CollectionAddress,
+        after: Option<&RecordKey>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
+        let prefix = keys::collection_prefix(collection);
+        let mut end = prefix.clone();
+        // The prefix ends with the NUL after the collection; 0x01 bounds it from above.
+        if let Some(last) = end.last_mut() {
+            *last = 1;
+        }
+        let start = match after {
+            Some(k) => {
+                let mut s = prefix.clone();
+                s.extend_from_slice(k.as_str().as_bytes());
+                Bound::Excluded(s)
+            }
+            None => Bound::Included(prefix.clone()),
+        };
+        let mut items = Vec::new();
+        let mut more = false;
+        for guard in self
+            .inner
+            .records
+            .range::<Vec<u8>, _>((start, Bound::Excluded(end)))
+        {
+            let (k, v) = guard.into_inner()?;
+            let (version, value) = keys::decode_value(&v)?;
+            let Some(value) = value else { continue };
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            let key = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(|s| RecordKey::new(s).ok())
+                .ok_or_else(|| StoreError::Corrupt("record key".into()))?;
+            items.push(ListedRecord {
+                key,
+                version,
+                size: value.len() as u64,
+            });
+        }
+        let next = if more {
+            items.last().map(|i| i.key.clone())
+        } else {
+            None
+        };
+        Ok(ListPage { items, next })
+    }
+
+    pub(super) fn read_snapshot(&self, scope: Scope) -> Result<SnapshotScan, StoreError> {
+        let (snapshot, lsn) = {
+            let committed = self
+                .inner
+                .shared
+                .committed
+                .lock()
+                .map_err(|_| StoreError::Poisoned)?;
+            (self.inner.db.snapshot(), *committed)
+        };
+        let records = self.inner.records.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        // The scan runs on its own blocking thread and stops when the receiver goes away.
+        tokio::task::spawn_blocking(move || {
+            let send = |chunk| tx.blocking_send(chunk).is_ok();
+            let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK);
+            for range in scope.buckets.ranges() {
+                let (start, end) = keys::bucket_range_bounds(&scope.service, scope.market, *range);
+                for guard in snapshot.range(&records, start..end) {
+                    let item = guard
+                        .into_inner()
+                        .map_err(StoreError::from)
+                        .and_then(|(k, v)| {
+                            let (version, value) = keys::decode_value(&v)?;
+                            Ok(VersionedRecord {
+                                address: keys::decode_record_key(&k)?,
+                                version,
+                                value: value.map(Bytes::copy_from_slice),
+                            })
+                        });
+                    match item {
+                        Ok(r) => chunk.push(r),
+                        Err(e) => {
+                            send(Err(e));
+                            return;
+                        }
+                    }
+                    if chunk.len() == SNAPSHOT_CHUNK && !send(Ok(std::mem::take(&mut chunk))) {
+                        return;
+                    }
+                }
+            }
+            if !chunk.is_empty() {
+                send(Ok(chunk));
+            }
+            // Release the engine before the stream ends, so that a reader who drained it can
+            // close and reopen the store at once.
+            drop(snapshot);
+            drop(records);
+            drop(tx);
+        });
+        Ok(SnapshotScan {
+            lsn,
+            chunks: Box::pin(ReceiverStream::new(rx)),
+        })
+    }
+
+    pub(super) fn read_changes(
+        &self,
+        after: Lsn,
+        scope: &Scope,
+        limit: usize,
+    ) -> Result<(Vec<Change>, Lsn), StoreError> {
+        let upto = self.last_lsn_committed()?;
+        if after >= upto {
+            return Ok((Vec::new(), after));
+        }
+        let mut position = after;
+        let mut out = Vec::new();
+        let mut exhausted = true;
+        let start = keys::lsn_key(Lsn(after.0.saturating_add(1)));
+        let end = keys::lsn_key(upto);
+        for (examined, guard) in self.inner.changes.range(start..=end).enumerate() {
+            if out.len() >= limit || examined >= CHANGES_SCAN_LIMIT {
+                exhausted = false;
+                break;
+            }
+            let (k, v) = guard.into_inner()?;
+            let lsn = keys::decode_lsn(&k)?;
+            position = lsn;
+            let (entry, record_key) = keys::decode_change(lsn, &v)?;
+            let a = &entry.address.collection;
+            if !scope.contains(&a.service, a.market, a.bucket) {
+                continue;
+            }
+            let current = match self.inner.records.get(record_key)? {
+                Some(raw) => {
+                    let (version, value) = keys::decode_value(&raw)?;
+                    Some(VersionedRecord {
+                        address: entry.address.clone(),
+                        version,
+                        value: value.map(Bytes::copy_from_slice),
+                    })
+                }
+                None => None,
+            };
+            out.push(Change { entry, current });
+        }
+        if exhausted {
+            // Everything up to the durable end was examined, matched or not.
+            position = position.max(upto);
+        }
+        Ok((out, position.max(after)))
+    }
+
+    fn last_lsn_committed(&self) -> Result<Lsn, StoreError> {
+        Ok(*self
+            .inner
+            .shared
+            .committed
+            .lock()
+            .map_err(|_| StoreError::Poisoned)?)
+    }
+
+    pub(super) fn read_digest(&self, scope: &Scope) -> Result<Vec<BucketDigest>, StoreError> {
+        let snapshot = self.inner.db.snapshot();
+        let mut out = Vec::with_capacity(scope.buckets.len() as usize);
+        for bucket in scope.buckets.buckets() {
+            let mut digester = BucketDigester::new(bucket);
+            let prefix = keys::bucket_prefix(&scope.service, scope.market, bucket);
+            for guard in snapshot.prefix(&self.inner.records, prefix) {
+                let (k, v) = guard.into_inner()?;
+                let (version, value) = keys::decode_value(&v)?;
+                if let Some(value) = value {
+                    digester.add(&keys::decode_record_key(&k)?, version, value);
+                }
+            }
+            out.push(digester.finish());
+        }
+        Ok(out)
+    }
+}

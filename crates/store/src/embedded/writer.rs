@@ -1,0 +1,402 @@
+//! The group-commit writer: one thread applies every mutation, so concurrent writers share fsyncs.
+//!
+//! Callers queue requests; the writer takes everything queued (up to a bound), evaluates each
+//! request against the store plus the effects of the requests before it in the group, writes the
+//! survivors as one atomic fjall batch with `fdatasync`, and only then answers all of them. One
+//! writer also makes LSN assignment and version checks race-free without locks on the read path.
+//! If a durable commit fails, the store is poisoned: every later write is refused.
+
+use super::Shared;
+use super::keys::{self, encode_change, encode_value, lsn_key};
+use crate::error::StoreError;
+use crate::record::{
+    ChangeOp, ImportOutcome, Lsn, Mutation, MutationOp, Precondition, VersionedRecord,
+};
+use bytes::Bytes;
+use domicile_core::{Hlc, Scope, Version};
+use fjall::{Database, Keyspace, PersistMode};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+
+/// How many records one group may carry before it is committed (bounds memory and latency).
+const MAX_GROUP_RECORDS: usize = 16_384;
+/// How many keys a purge or trim removes per durable batch.
+const DELETE_CHUNK: usize = 8_192;
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub(crate) enum Request {
+    /// Requests that share a group (and its fsync).
+    Grouped(Grouped),
+    /// Purges and trims run alone, in chunks, between groups.
+    Purge {
+        scope: Scope,
+        reply: Reply<u64>,
+    },
+    Trim {
+        upto: Lsn,
+        reply: Reply<u64>,
+    },
+}
+
+pub(crate) enum Grouped {
+    Write {
+        batch: Vec<Mutation>,
+        reply: Reply<Vec<Version>>,
+    },
+    Import {
+        records: Vec<VersionedRecord>,
+        reply: Reply<ImportOutcome>,
+    },
+    Meta {
+        name: String,
+        value: Bytes,
+        reply: Reply<()>,
+    },
+}
+
+impl Request {
+    fn weight(&self) -> usize {
+        match self {
+            Request::Grouped(Grouped::Write { batch, .. }) => batch.len(),
+            Request::Grouped(Grouped::Import { records, .. }) => records.len(),
+            _ => 1,
+        }
+    }
+
+    fn fail(self, err: impl Fn() -> StoreError) {
+        // A caller that went away no longer needs its answer.
+        let _ = match self {
+            Request::Grouped(Grouped::Write { reply, .. }) => reply.send(Err(err())).is_ok(),
+            Request::Grouped(Grouped::Import { reply, .. }) => reply.send(Err(err())).is_ok(),
+            Request::Grouped(Grouped::Meta { reply, .. }) => reply.send(Err(err())).is_ok(),
+            Request::Purge { reply, .. } => reply.send(Err(err())).is_ok(),
+            Request::Trim { reply, .. } => reply.send(Err(err())).is_ok(),
+        };
+    }
+}
+
+/// An answer held back until the group it belongs to is durable.
+enum Pending {
+    Write(Reply<Vec<Version>>, Result<Vec<Version>, StoreError>),
+    Import(Reply<ImportOutcome>, Result<ImportOutcome, StoreError>),
+    Meta(Reply<()>),
+}
+
+pub(crate) struct Writer {
+    pub db: Database,
+    pub records: Keyspace,
+    pub changes: Keyspace,
+    pub meta: Keyspace,
+    pub shared: Arc<Shared>,
+    pub hlc: Hlc,
+    pub next_lsn: Lsn,
+}
+
+/// State of a key as the group sees it: (version, live).
+type KeyState = Option<(Version, bool)>;
+
+struct Group {
+    batch: fjall::OwnedWriteBatch,
+    overlay: HashMap<Vec<u8>, (Version, bool)>,
+    pending: Vec<Pending>,
+    lsn: Lsn,
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Writer {
+    pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut queued = vec![first];
+            let mut weight = queued[0].weight();
+            while weight < MAX_GROUP_RECORDS {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        weight += r.weight();
+                        queued.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.process(queued);
+        }
+        tracing::debug!("store writer stopped: every handle was dropped");
+    }
+
+    fn process(&mut self, queued: Vec<Request>) {
+        let mut group: Option<Group> = None;
+        for request in queued {
+            if self.shared.poisoned.load(Ordering::Acquire) {
+                request.fail(|| StoreError::Poisoned);
+                continue;
+            }
+            match request {
+                Request::Purge { scope, reply } => {
+                    self.commit(group.take());
+                    let _ = reply.send(self.purge(&scope));
+                }
+                Request::Trim { upto, reply } => {
+                    self.commit(group.take());
+                    let _ = reply.send(self.trim(upto));
+                }
+                Request::Grouped(grouped) => {
+                    let g = group.get_or_insert_with(|| Group {
+                        batch: self.db.batch().durability(Some(PersistMode::SyncData)),
+                        overlay: HashMap::new(),
+                        pending: Vec::new(),
+                        lsn: self.next_lsn,
+                    });
+                    let pending = self.stage(g, grouped);
+                    g.pending.push(pending);
+                }
+            }
+        }
+        self.commit(group);
+    }
+
+    fn state(&self, g: &Group, key: &[u8]) -> Result<KeyState, StoreError> {
+        if let Some(s) = g.overlay.get(key) {
+            return Ok(Some(*s));
+        }
+        match self.records.get(key)? {
+            Some(v) => {
+                let (version, value) = keys::decode_value(&v)?;
+                Ok(Some((version, value.is_some())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn log(&self, g: &mut Group, key: Vec<u8>, version: Version, value: Option<&[u8]>) {
+        g.lsn = Lsn(g.lsn.0 + 1);
+        let op = if value.is_some() {
+            ChangeOp::Put
+        } else {
+            ChangeOp::Delete
+        };
+        g.batch.insert(
+            &self.changes,
+            lsn_key(g.lsn).to_vec(),
+            encode_change(op, version, &key),
+        );
+        g.batch
+            .insert(&self.records, key.clone(), encode_value(version, value));
+        g.overlay.insert(key, (version, value.is_some()));
+    }
+
+    fn stage(&mut self, g: &mut Group, request: Grouped) -> Pending {
+        match request {
+            Grouped::Write { batch, reply } => Pending::Write(reply, self.stage_write(g, batch)),
+            Grouped::Import { records, reply } => {
+                Pending::Import(reply, self.stage_import(g, records))
+            }
+            Grouped::Meta { name, value, reply } => {
+                g.batch
+                    .insert(&self.meta, name.into_bytes(), value.to_vec());
+                Pending::Meta(reply)
+            }
+        }
+    }
+
+    /// Checks a client batch against current state; stages it only if every mutation passes.
+    fn stage_write(
+        &mut self,
+        g: &mut Group,
+        batch: Vec<Mutation>,
+    ) -> Result<Vec<Version>, StoreError> {
+        let mut local: HashMap<Vec<u8>, (Version, bool)> = HashMap::new();
+        let mut staged = Vec::with_capacity(batch.len());
+        let now = now_millis();
+        for (index, m) in batch.into_iter().enumerate() {
+            let key = keys::record_key(&m.address);
+            let state = match local.get(&key) {
+                Some(s) => Some(*s),
+                None => self.state(g, &key)?,
+            };
+            let live = state.filter(|(_, live)| *live).map(|(v, _)| v);
+            let ok = match m.precondition {
+                Precondition::None => true,
+                Precondition::Absent => live.is_none(),
+                Precondition::Exists => live.is_some(),
+                Precondition::Version(v) => live == Some(v),
+            };
+            if !ok {
+                return Err(StoreError::PreconditionFailed {
+                    index,
+                    current: live,
+                });
+            }
+            if matches!(m.op, MutationOp::Delete) && live.is_none() {
+                return Err(StoreError::NotFound { index });
+            }
+            // Per-key monotonic even if the wall clock went back or a copy came from the future.
+            if let Some((v, _)) = state {
+                self.hlc.observe(v);
+            }
+            let version = self.hlc.next(now);
+            local.insert(key.clone(), (version, matches!(m.op, MutationOp::Put(_))));
+            staged.push((key, version, m.op));
+        }
+        let versions = staged.iter().map(|(_, v, _)| *v).collect();
+        for (key, version, op) in staged {
+            let value = match &op {
+                MutationOp::Put(b) => Some(b.as_ref()),
+                MutationOp::Delete => None,
+            };
+            self.log(g, key, version, value);
+        }
+        Ok(versions)
+    }
+
+    /// Stages the records that win against what is stored; the rest are counted as skipped.
+    fn stage_import(
+        &mut self,
+        g: &mut Group,
+        records: Vec<VersionedRecord>,
+    ) -> Result<ImportOutcome, StoreError> {
+        let mut outcome = ImportOutcome::default();
+        let mut local: HashMap<Vec<u8>, Version> = HashMap::new();
+        let mut staged = Vec::with_capacity(records.len());
+        for r in records {
+            let key = keys::record_key(&r.address);
+            let current = match local.get(&key) {
+                Some(v) => Some(*v),
+                None => self.state(g, &key)?.map(|(v, _)| v),
+            };
+            if current.is_some_and(|v| v >= r.version) {
+                outcome.skipped += 1;
+                continue;
+            }
+            local.insert(key.clone(), r.version);
+            staged.push((key, r));
+        }
+        for (key, r) in staged {
+            self.hlc.observe(r.version);
+            self.log(g, key, r.version, r.value.as_deref());
+            outcome.applied += 1;
+        }
+        Ok(outcome)
+    }
+
+    fn commit(&mut self, group: Option<Group>) {
+        let Some(g) = group else { return };
+        let result = self.commit_batch(g.batch, g.lsn);
+        if result.is_ok() {
+            self.next_lsn = g.lsn;
+        }
+        for p in g.pending {
+            let _ = match (p, &result) {
+                (Pending::Write(reply, r), Ok(())) => reply.send(r).is_ok(),
+                (Pending::Import(reply, o), Ok(())) => reply.send(o).is_ok(),
+                (Pending::Meta(reply), Ok(())) => reply.send(Ok(())).is_ok(),
+                (Pending::Write(reply, _), Err(e)) => reply.send(Err(clone_err(e))).is_ok(),
+                (Pending::Import(reply, _), Err(e)) => reply.send(Err(clone_err(e))).is_ok(),
+                (Pending::Meta(reply), Err(e)) => reply.send(Err(clone_err(e))).is_ok(),
+            };
+        }
+    }
+
+    /// Commits one durable batch and publishes its LSN, or poisons the store.
+    fn commit_batch(&self, batch: fjall::OwnedWriteBatch, lsn: Lsn) -> Result<(), StoreError> {
+        let mut committed = self
+            .shared
+            .committed
+            .lock()
+            .map_err(|_| StoreError::Poisoned)?;
+        let result = if self.shared.fail_next_commit.swap(false, Ordering::AcqRel) {
+            Err(StoreError::Engine("injected fsync failure".into()))
+        } else {
+            batch.commit().map_err(StoreError::from)
+        };
+        match result {
+            Ok(()) => {
+                *committed = lsn;
+                drop(committed);
+                self.shared.commits.fetch_add(1, Ordering::Relaxed);
+                self.shared.lsn_watch.send_replace(lsn);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "durable commit failed; poisoning the store");
+                self.shared.poisoned.store(true, Ordering::Release);
+                Err(e)
+            }
+        }
+    }
+
+    fn delete_keys(&self, ks: &Keyspace, keys: Vec<Vec<u8>>) -> Result<(), StoreError> {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        for k in keys {
+            batch.remove(ks, k);
+        }
+        let lsn = *self
+            .shared
+            .committed
+            .lock()
+            .map_err(|_| StoreError::Poisoned)?;
+        self.commit_batch(batch, lsn)
+    }
+
+    fn purge(&self, scope: &Scope) -> Result<u64, StoreError> {
+        let mut removed = 0u64;
+        for range in scope.buckets.ranges() {
+            let (start, end) = keys::bucket_range_bounds(&scope.service, scope.market, *range);
+            loop {
+                let chunk: Vec<Vec<u8>> = self
+                    .records
+                    .range(start.clone()..end.clone())
+                    .take(DELETE_CHUNK)
+                    .map(|g| g.key().map(|k| k.to_vec()))
+                    .collect::<Result<_, _>>()?;
+                if chunk.is_empty() {
+                    break;
+                }
+                removed += chunk.len() as u64;
+                self.delete_keys(&self.records, chunk)?;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn trim(&self, upto: Lsn) -> Result<u64, StoreError> {
+        let upto = upto.min(self.next_lsn);
+        let mut removed = 0u64;
+        loop {
+            let chunk: Vec<Vec<u8>> = self
+                .changes
+                .range(..=lsn_key(upto).to_vec())
+                .take(DELETE_CHUNK)
+                .map(|g| g.key().map(|k| k.to_vec()))
+                .collect::<Result<_, _>>()?;
+            if chunk.is_empty() {
+                break;
+            }
+            removed += chunk.len() as u64;
+            self.delete_keys(&self.changes, chunk)?;
+        }
+        // Remember the floor so that the LSN never goes back, even with an empty log.
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        batch.insert(
+            &self.meta,
+            super::LSN_FLOOR.as_bytes().to_vec(),
+            lsn_key(upto).to_vec(),
+        );
+        self.commit_batch(batch, self.next_lsn)?;
+        Ok(removed)
+    }
+}
+
+fn clone_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Poisoned => StoreError::Poisoned,
+        other => StoreError::Engine(other.to_string()),
+    }
+}

@@ -1,0 +1,27 @@
+//! Region storage: the [`RegionStore`] trait every engine implements, the embedded engine
+//! ([`EmbeddedStore`], on fjall) and the region's content-addressed [`BlobStore`].
+//!
+//! Architecture Invariant: the store knows nothing about HTTP, ownership or policy. It keeps
+//! records, their versions and the change log, and answers for scopes (service × market ×
+//! buckets); deciding who may write is the region node's job.
+
+#![deny(clippy::unwrap_used)]
+
+pub mod blob;
+pub mod digest;
+pub mod embedded;
+pub mod error;
+pub mod record;
+pub mod spec;
+pub mod store;
+
+pub use blob::{BlobError, BlobRef, BlobStore};
+pub use digest::{BucketDigest, BucketDigester};
+pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use error::StoreError;
+pub use record::{
+    Change, ChangeEntry, ChangeOp, CollectionAddress, ImportOutcome, ListPage, ListedRecord, Lsn,
+    Mutation, MutationOp, Precondition, Record, RecordAddress, VersionedRecord,
+};
+pub use spec::{StoreSpec, open_store};
+pub use store::{RegionStore, SnapshotScan};

@@ -1,0 +1,84 @@
+//! The `RegionStore` trait: the contract every engine meets (and the conformance suite checks).
+
+use crate::digest::BucketDigest;
+use crate::error::StoreError;
+use crate::record::{
+    Change, CollectionAddress, ImportOutcome, ListPage, Lsn, Mutation, Record, RecordAddress,
+    VersionedRecord,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use domicile_core::{RecordKey, Scope, Version};
+use futures::stream::BoxStream;
+use std::time::Duration;
+
+/// A consistent snapshot of a scope: every record (tombstones included) as of `lsn`, streamed
+/// in key order in chunks. Changes after `lsn` come from [`RegionStore::changes`].
+pub struct SnapshotScan {
+    pub lsn: Lsn,
+    pub chunks: BoxStream<'static, Result<Vec<VersionedRecord>, StoreError>>,
+}
+
+/// A region's store. Every mutation is durable when the call returns, and appends a change-log
+/// entry atomically with itself.
+#[async_trait]
+pub trait RegionStore: Send + Sync + 'static {
+    /// The engine's name, as `bench` and the logs report it.
+    fn engine(&self) -> &'static str;
+
+    /// Applies a batch of client mutations atomically, assigning each a new version from the
+    /// store's hybrid logical clock. Returns the versions in batch order. A failed precondition or
+    /// a delete of a missing record fails the whole batch and writes nothing.
+    async fn write(&self, batch: Vec<Mutation>) -> Result<Vec<Version>, StoreError>;
+
+    /// The live record at `address`, if any.
+    async fn get(&self, address: &RecordAddress) -> Result<Option<Record>, StoreError>;
+
+    /// Live records of one collection in key order, strictly after `after`, at most `limit`.
+    async fn list(
+        &self,
+        collection: &CollectionAddress,
+        after: Option<&RecordKey>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError>;
+
+    /// Imports versioned records: each is applied only if its version is higher than the stored
+    /// one (tombstones included); an equal or lower version is a no-op. Replaying any set of
+    /// imports in any order converges to the same state.
+    async fn import(&self, records: Vec<VersionedRecord>) -> Result<ImportOutcome, StoreError>;
+
+    /// A consistent snapshot of `scope` with the LSN it is consistent at.
+    async fn snapshot(&self, scope: &Scope) -> Result<SnapshotScan, StoreError>;
+
+    /// Change-log entries after `after` that fall in `scope`, in LSN order, at most `limit`,
+    /// each with the record's current state. Returns the entries and the LSN read up to (the
+    /// position to continue from, which moves past entries outside the scope too).
+    async fn changes(
+        &self,
+        after: Lsn,
+        scope: &Scope,
+        limit: usize,
+    ) -> Result<(Vec<Change>, Lsn), StoreError>;
+
+    /// The last LSN made durable.
+    fn last_lsn(&self) -> Lsn;
+
+    /// Waits until the log passes `after` or `timeout` elapses; returns the last LSN.
+    async fn wait_for_changes(&self, after: Lsn, timeout: Duration) -> Lsn;
+
+    /// One digest per bucket of `scope` (empty buckets included), over live records.
+    async fn digest(&self, scope: &Scope) -> Result<Vec<BucketDigest>, StoreError>;
+
+    /// Removes every record and tombstone of `scope`. Not logged: a purge is not a mutation
+    /// to replicate. Returns the number of stored entries removed.
+    async fn purge(&self, scope: &Scope) -> Result<u64, StoreError>;
+
+    /// Drops change-log entries at or before `upto` (after every consumer has passed them).
+    async fn trim_changes(&self, upto: Lsn) -> Result<u64, StoreError>;
+
+    /// Reads a small named metadata value (ownership tables and the like).
+    async fn load_meta(&self, name: &str) -> Result<Option<Bytes>, StoreError>;
+
+    /// Durably stores a small named metadata value.
+    async fn store_meta(&self, name: &str, value: Bytes) -> Result<(), StoreError>;
+}

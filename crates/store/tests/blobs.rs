@@ -1,0 +1,111 @@
+//! The blob store: content addressing, streaming, limits, purge.
+
+use bytes::Bytes;
+use domicile_core::{Bucket, BucketSet, Scope};
+use domicile_store::{BlobError, BlobStore};
+use domicile_store_conformance::fixtures::{collection, user_in_bucket};
+use futures::TryStreamExt;
+
+async fn read_all(
+    store: &BlobStore,
+    owner: &domicile_store::CollectionAddress,
+    hash: &str,
+) -> Vec<u8> {
+    let chunks: Vec<Bytes> = store
+        .get_stream(owner, hash)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    chunks.concat()
+}
+
+#[tokio::test]
+async fn blobs_stream_in_and_out_by_content_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path()).unwrap();
+    let owner = collection("cloud", "MY", "ivy", "photos");
+    let parts: Vec<Bytes> = (0..40u8).map(|i| Bytes::from(vec![i; 10_000])).collect();
+    let body = futures::stream::iter(parts.clone().into_iter().map(Ok::<_, std::io::Error>));
+    let blob = store.put_stream(&owner, body, 1 << 20).await.unwrap();
+    assert_eq!(blob.size, 400_000);
+    let expected: Vec<u8> = parts.concat();
+    assert_eq!(blob.hash, blake3::hash(&expected).to_hex().to_string());
+    assert_eq!(read_all(&store, &owner, &blob.hash).await, expected);
+    // The same content again is the same object.
+    let again = store
+        .put_bytes(&owner, Bytes::from(expected.clone()), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(again, blob);
+    store.delete(&owner, &blob.hash).await.unwrap();
+    assert!(matches!(
+        store.get_stream(&owner, &blob.hash).await,
+        Err(BlobError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn oversized_and_broken_uploads_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path()).unwrap();
+    let owner = collection("cloud", "MY", "jay", "photos");
+    let big = futures::stream::iter(
+        (0..10).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![7u8; 1000]))),
+    );
+    assert!(matches!(
+        store.put_stream(&owner, big, 5_000).await,
+        Err(BlobError::TooLarge { limit: 5_000 })
+    ));
+    let broken = futures::stream::iter([
+        Ok(Bytes::from("part")),
+        Err(std::io::Error::other("client went away")),
+    ]);
+    assert!(matches!(
+        store.put_stream(&owner, broken, 5_000).await,
+        Err(BlobError::Upload(_))
+    ));
+    let files: Vec<_> = walk(dir.path());
+    assert!(files.is_empty(), "left behind: {files:?}");
+}
+
+#[tokio::test]
+async fn purge_deletes_exactly_the_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path()).unwrap();
+    let (u1, u2) = (
+        user_in_bucket(Bucket(3), "b"),
+        user_in_bucket(Bucket(4), "b"),
+    );
+    let (o1, o2) = (
+        collection("cloud", "MY", &u1, "photos"),
+        collection("cloud", "MY", &u2, "photos"),
+    );
+    let b1 = store.put_bytes(&o1, Bytes::from("one"), 100).await.unwrap();
+    let b2 = store.put_bytes(&o2, Bytes::from("two"), 100).await.unwrap();
+    let scope = Scope {
+        service: o1.service.clone(),
+        market: o1.market,
+        buckets: BucketSet::from_buckets([Bucket(3)]),
+    };
+    assert_eq!(store.purge(&scope).await.unwrap(), 1);
+    assert!(matches!(
+        store.get_stream(&o1, &b1.hash).await,
+        Err(BlobError::NotFound)
+    ));
+    assert_eq!(read_all(&store, &o2, &b2.hash).await, b"two");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
