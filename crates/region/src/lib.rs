@@ -1,0 +1,146 @@
+//! The region node: one region's store served over HTTP (axum).
+//!
+//! Public API under `/v1` (records and blobs of a user), internal API under `/internal`
+//! (snapshot and change streams, import, digests, ownership, purge), `/metrics` and `/healthz`.
+//!
+//! Architecture Invariant: the node enforces, on every request, that it owns the range at the
+//! caller's epoch and that the policy allows the data in this region; it knows nothing of the
+//! gateway, the control plane or other regions beyond the ids it is told.
+
+#![deny(clippy::unwrap_used)]
+
+pub mod error;
+pub mod internal;
+pub mod metrics;
+pub mod ownership;
+pub mod public;
+pub mod request;
+pub mod state;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use domicile_core::{ClusterConfig, RegionId};
+use domicile_store::{BlobError, BlobStore, StoreError, StoreSpec, open_store};
+pub use error::ApiError;
+pub use state::NodeState;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::net::TcpListener;
+
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error("region {0} is not declared in the config")]
+    UnknownRegion(RegionId),
+    #[error("open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("open the blob store: {0}")]
+    Blobs(#[from] BlobError),
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("serve: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Opens a region's store and blob store as the config names them (paths relative to `base`).
+pub async fn open(
+    cluster: &ClusterConfig,
+    region: &RegionId,
+    base: &Path,
+) -> Result<NodeState, NodeError> {
+    let config = cluster
+        .region(region)
+        .ok_or_else(|| NodeError::UnknownRegion(region.clone()))?;
+    let store = open_store(&StoreSpec::parse(&config.store, base)?).await?;
+    let blobs = BlobStore::from_spec(&config.blobs, base)?;
+    Ok(NodeState::new(cluster, region.clone(), store, blobs).await?)
+}
+
+/// Every route of the node. JSON errors for unknown paths and methods too.
+pub fn router(state: Arc<NodeState>) -> Router {
+    let metrics = state.metrics.clone();
+    Router::new()
+        .route("/v1/users/{user}/{collection}", get(public::list))
+        .route(
+            "/v1/users/{user}/{collection}/{key}",
+            get(public::get_record)
+                .put(public::put_record)
+                .delete(public::delete_record),
+        )
+        .route("/internal/snapshot", post(internal::snapshot))
+        .route("/internal/changes", get(internal::changes))
+        .route("/internal/import", post(internal::import))
+        .route("/internal/digest", post(internal::digest))
+        .route("/internal/fence", post(internal::fence))
+        .route("/internal/unfence", post(internal::unfence))
+        .route("/internal/own", post(internal::own))
+        .route("/internal/release", post(internal::release))
+        .route("/internal/ownership", get(internal::ownership))
+        .route("/internal/purge", post(internal::purge))
+        .route("/internal/status", get(internal::status))
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::track,
+        ))
+        .with_state(state)
+}
+
+async fn render_metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
+    state.metrics.last_lsn.set(state.store.last_lsn().0);
+    let ct = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
+    ([(header::CONTENT_TYPE, ct)], state.metrics.render())
+}
+
+/// A bound, not yet serving, region node.
+pub struct BoundNode {
+    listener: TcpListener,
+    state: Arc<NodeState>,
+}
+
+impl BoundNode {
+    pub async fn bind(state: NodeState, addr: &str) -> Result<Self, NodeError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| NodeError::Listen {
+                addr: addr.to_string(),
+                source,
+            })?;
+        Ok(Self {
+            listener,
+            state: Arc::new(state),
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, NodeError> {
+        self.listener.local_addr().map_err(NodeError::Serve)
+    }
+
+    pub fn state(&self) -> Arc<NodeState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), NodeError> {
+        tracing::info!(region = %self.state.region, addr = ?self.listener.local_addr().ok(), "region node serving");
+        axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(NodeError::Serve)
+    }
+}

@@ -1,0 +1,92 @@
+//! A region node's shared state: its region, the cluster's rules, its store and ownership.
+
+use crate::error::ApiError;
+use crate::metrics::NodeMetrics;
+use crate::ownership::{Change, OwnershipTable};
+use bytes::Bytes;
+use domicile_core::{
+    BucketCount, BucketRange, ClusterConfig, Epoch, Limits, Market, Policy, RegionId, Schema,
+    ServiceName,
+};
+use domicile_store::{BlobStore, RegionStore, StoreError};
+use domicile_wire::api::OwnedRange;
+use std::sync::Arc;
+use tokio::sync::RwLock;
+
+/// The metadata name under which the ownership table is persisted.
+const OWNERSHIP_META: &str = "ownership";
+
+pub struct NodeState {
+    pub region: RegionId,
+    pub buckets: BucketCount,
+    pub schema: Schema,
+    pub policy: Policy,
+    pub limits: Limits,
+    pub store: Arc<dyn RegionStore>,
+    pub blobs: BlobStore,
+    /// Writes hold this shared across their ownership check and their durable write; ownership
+    /// changes take it exclusively. So when `fence` returns its LSN, every write that passed the
+    /// check before the fence is already in the log — the cutover drain cannot miss one.
+    pub ownership: RwLock<OwnershipTable>,
+    pub metrics: Arc<NodeMetrics>,
+}
+
+impl NodeState {
+    /// Builds the state, loading the persisted ownership table or deriving it from placement.
+    pub async fn new(
+        cluster: &ClusterConfig,
+        region: RegionId,
+        store: Arc<dyn RegionStore>,
+        blobs: BlobStore,
+    ) -> Result<Self, StoreError> {
+        let ownership = match store.load_meta(OWNERSHIP_META).await? {
+            Some(bytes) => {
+                let ranges: Vec<OwnedRange> = serde_json::from_slice(&bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("ownership table: {e}")))?;
+                OwnershipTable::from_ranges(ranges, cluster.buckets)
+            }
+            None => OwnershipTable::from_placement(&cluster.placement, &region, cluster.buckets),
+        };
+        Ok(Self {
+            region,
+            buckets: cluster.buckets,
+            schema: cluster.schema.clone(),
+            policy: cluster.policy.clone(),
+            limits: cluster.limits,
+            store,
+            blobs,
+            ownership: RwLock::new(ownership),
+            metrics: Arc::new(NodeMetrics::new()),
+        })
+    }
+
+    /// Refuses data that the policy does not allow in this region.
+    pub fn check_residency(&self, market: Market, service: &ServiceName) -> Result<(), ApiError> {
+        self.policy
+            .check(market, service, &self.region)
+            .map_err(|v| ApiError::ResidencyViolation(v.to_string()))
+    }
+
+    /// Applies an ownership change durably: persisted first, then in effect.
+    pub async fn change_ownership(
+        &self,
+        change: Change,
+        service: &ServiceName,
+        market: Market,
+        range: BucketRange,
+        epoch: Epoch,
+        owner: Option<RegionId>,
+    ) -> Result<(), ApiError> {
+        let mut table = self.ownership.write().await;
+        let mut next = table.clone();
+        next.apply(change, service, market, range, epoch, owner)?;
+        let bytes =
+            serde_json::to_vec(&next.ranges()).map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.store
+            .store_meta(OWNERSHIP_META, Bytes::from(bytes))
+            .await?;
+        *table = next;
+        tracing::info!(?change, %service, %market, %range, %epoch, "ownership changed");
+        Ok(())
+    }
+}

@@ -1,0 +1,319 @@
+//! The internal API: streams, import, digests, ownership changes and purge — a move by hand.
+
+use crate::harness::Node;
+use axum::http::{Method, StatusCode};
+use bytes::BytesMut;
+use domicile_store::Lsn;
+use domicile_wire::frame::{self, Frame, Header, StreamKind};
+
+const SCOPE: &str = r#"{"service":"ecommerce","market":"HK","buckets":"0-1023"}"#;
+
+async fn seed(node: &Node, users: u32) {
+    for u in 0..users {
+        for k in 0..3 {
+            let r = node
+                .data(
+                    Method::PUT,
+                    &format!("/v1/users/hk{u}/orders/o{k}"),
+                    "HK",
+                    format!("order {u}/{k}"),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK);
+        }
+    }
+}
+
+fn import_body(frames: &[Frame]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    frame::encode_header(
+        &mut out,
+        Header {
+            kind: StreamKind::Import,
+            lsn: Lsn(0),
+        },
+    );
+    let mut n = 0;
+    for f in frames {
+        if let Frame::Record(r) = f {
+            frame::encode_record(&mut out, r);
+            n += 1;
+        }
+    }
+    frame::encode_end(&mut out, Lsn(0), n);
+    out.to_vec()
+}
+
+#[tokio::test]
+async fn a_scope_moves_by_snapshot_changes_and_import_with_equal_digests() {
+    let source = Node::start("cn-beijing").await;
+    let target = Node::start("us-west").await;
+    seed(&source, 20).await;
+
+    let snap = source
+        .send(Method::POST, "/internal/snapshot", &[], SCOPE)
+        .await;
+    assert_eq!(snap.status, StatusCode::OK);
+    assert_eq!(
+        snap.headers["content-type"],
+        "application/x-domicile-stream"
+    );
+    let (header, records, _) = frame::decode_all(&snap.body).unwrap();
+    assert_eq!((header.kind, header.lsn), (StreamKind::Snapshot, Lsn(60)));
+    assert_eq!(records.len(), 60);
+
+    // Writes continue at the source after the snapshot.
+    source
+        .data(Method::PUT, "/v1/users/hk1/orders/o9", "HK", "late")
+        .await;
+    source
+        .data(Method::DELETE, "/v1/users/hk2/orders/o0", "HK", "")
+        .await;
+
+    let imported = target
+        .send(
+            Method::POST,
+            "/internal/import?service=ecommerce&market=HK",
+            &[],
+            import_body(&records),
+        )
+        .await;
+    assert_eq!(imported.status, StatusCode::OK, "{:?}", imported.body);
+    assert_eq!(imported.json()["applied"], 60);
+
+    let changes = source
+        .send(
+            Method::GET,
+            "/internal/changes?service=ecommerce&market=HK&buckets=0-1023&after=60",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(changes.status, StatusCode::OK);
+    let (header, frames, next) = frame::decode_all(&changes.body).unwrap();
+    assert_eq!((header.kind, next), (StreamKind::Changes, Lsn(62)));
+    let current: Vec<Frame> = frames
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Change(c) => c.current.map(Frame::Record),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(current.len(), 2, "the put and the tombstone");
+    let imported = target
+        .send(
+            Method::POST,
+            "/internal/import?service=ecommerce&market=HK",
+            &[],
+            import_body(&current),
+        )
+        .await;
+    assert_eq!(imported.json()["applied"], 2);
+    // Replaying the snapshot again is a no-op: imports are idempotent.
+    let again = target
+        .send(
+            Method::POST,
+            "/internal/import?service=ecommerce&market=HK",
+            &[],
+            import_body(&records),
+        )
+        .await;
+    assert_eq!(
+        (
+            again.json()["applied"].as_u64(),
+            again.json()["skipped"].as_u64()
+        ),
+        (Some(0), Some(60))
+    );
+
+    let d1 = source
+        .send(Method::POST, "/internal/digest", &[], SCOPE)
+        .await
+        .json();
+    let d2 = target
+        .send(Method::POST, "/internal/digest", &[], SCOPE)
+        .await
+        .json();
+    assert_eq!(d1["digests"].as_array().unwrap().len(), 1024);
+    assert_eq!(d1, d2);
+
+    // Cut over by hand: fence, release at the source, own at the target; then purge the source.
+    let range = r#"{"service":"ecommerce","market":"HK","buckets":"0-1023","epoch":1}"#;
+    assert_eq!(
+        source
+            .send(Method::POST, "/internal/fence", &[], range)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let purge = source
+        .send(Method::POST, "/internal/purge", &[], SCOPE)
+        .await;
+    purge.assert_error(StatusCode::CONFLICT, "conflict");
+    let release =
+        r#"{"service":"ecommerce","market":"HK","buckets":"0-1023","epoch":2,"owner":"us-west"}"#;
+    assert_eq!(
+        source
+            .send(Method::POST, "/internal/release", &[], release)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let own = r#"{"service":"ecommerce","market":"HK","buckets":"0-1023","epoch":2}"#;
+    let owned = target.send(Method::POST, "/internal/own", &[], own).await;
+    assert_eq!(owned.status, StatusCode::OK, "{:?}", owned.body);
+
+    let moved = target
+        .send(
+            Method::GET,
+            "/v1/users/hk1/orders/o9",
+            &[("x-domicile-market", "HK"), ("x-domicile-epoch", "2")],
+            "",
+        )
+        .await;
+    assert_eq!(&moved.body[..], b"late");
+    let old = source
+        .data(Method::GET, "/v1/users/hk1/orders/o9", "HK", "")
+        .await;
+    old.assert_error(StatusCode::MISDIRECTED_REQUEST, "not_owner");
+    assert_eq!(old.json()["error"]["owner"], "us-west");
+    let purged = source
+        .send(Method::POST, "/internal/purge", &[], SCOPE)
+        .await;
+    assert_eq!(purged.status, StatusCode::OK);
+    assert_eq!(
+        purged.json()["records"],
+        61,
+        "60 live records and one tombstone"
+    );
+    let empty = source
+        .send(Method::POST, "/internal/snapshot", &[], SCOPE)
+        .await;
+    assert!(
+        frame::decode_all(&empty.body).unwrap().1.is_empty(),
+        "no copy left behind"
+    );
+}
+
+#[tokio::test]
+async fn imports_the_policy_forbids_or_that_are_malformed_write_nothing() {
+    let source = Node::start("cn-beijing").await;
+    let target = Node::start("us-west").await;
+    for u in 0..3 {
+        source
+            .data(
+                Method::PUT,
+                &format!("/v1/users/cn{u}/profile/p"),
+                "CN",
+                "x",
+            )
+            .await;
+    }
+    let snap = source
+        .send(
+            Method::POST,
+            "/internal/snapshot",
+            &[],
+            r#"{"service":"account","market":"CN","buckets":"0-1023"}"#,
+        )
+        .await;
+    let (_, records, _) = frame::decode_all(&snap.body).unwrap();
+    let body = import_body(&records);
+    let forbidden = target
+        .send(
+            Method::POST,
+            "/internal/import?service=account&market=CN",
+            &[],
+            body.clone(),
+        )
+        .await;
+    forbidden.assert_error(StatusCode::FORBIDDEN, "residency_violation");
+    // Claiming another market in the query does not smuggle CN records in.
+    let mismatch = target
+        .send(
+            Method::POST,
+            "/internal/import?service=account&market=HK",
+            &[],
+            body.clone(),
+        )
+        .await;
+    mismatch.assert_error(StatusCode::BAD_REQUEST, "scope_mismatch");
+    let truncated = target
+        .send(
+            Method::POST,
+            "/internal/import?service=account&market=HK",
+            &[],
+            body[..body.len() - 3].to_vec(),
+        )
+        .await;
+    truncated.assert_error(StatusCode::BAD_REQUEST, "malformed_stream");
+    let garbage = target
+        .send(
+            Method::POST,
+            "/internal/import?service=account&market=HK",
+            &[],
+            "hello",
+        )
+        .await;
+    garbage.assert_error(StatusCode::BAD_REQUEST, "malformed_stream");
+    let missing = target
+        .send(Method::POST, "/internal/import?service=account", &[], body)
+        .await;
+    missing.assert_error(StatusCode::BAD_REQUEST, "invalid_query");
+    assert_eq!(target.lsn(), 0);
+}
+
+#[tokio::test]
+async fn long_polling_the_change_stream_wakes_on_a_write() {
+    let node = Node::start("cn-beijing").await;
+    let state = node.state.clone();
+    let poll = tokio::spawn(async move {
+        let node = Node::of(state);
+        node.send(
+            Method::GET,
+            "/internal/changes?service=ecommerce&market=ID&buckets=0-1023&after=0&wait_ms=20000",
+            &[],
+            "",
+        )
+        .await
+    });
+    // The poll is waiting (or about to): a write wakes it long before its 20 s deadline.
+    node.data(Method::PUT, "/v1/users/id1/orders/o1", "ID", "x")
+        .await;
+    let reply = poll.await.unwrap();
+    let (_, frames, next) = frame::decode_all(&reply.body).unwrap();
+    assert_eq!((frames.len(), next), (1, Lsn(1)));
+}
+
+#[tokio::test]
+async fn ownership_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = domicile_core::reference::cluster_config();
+    let region = domicile_core::RegionId::new("cn-beijing").unwrap();
+    let open = || async {
+        let store =
+            domicile_store::EmbeddedStore::open(&dir.path().join("s"), Default::default()).unwrap();
+        let blobs = domicile_store::BlobStore::local(&dir.path().join("b")).unwrap();
+        let state = domicile_region::NodeState::new(
+            &cluster,
+            region.clone(),
+            std::sync::Arc::new(store),
+            blobs,
+        )
+        .await
+        .unwrap();
+        std::sync::Arc::new(state)
+    };
+    let state = open().await;
+    let release =
+        r#"{"service":"cloud","market":"PH","buckets":"0-99","epoch":2,"owner":"ap-singapore"}"#;
+    let reply = Node::of(state.clone())
+        .send(Method::POST, "/internal/release", &[], release)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    drop(reply);
+    let before = state.ownership.read().await.ranges();
+    drop(state);
+    let state = open().await;
+    assert_eq!(state.ownership.read().await.ranges(), before);
+}

@@ -1,0 +1,147 @@
+//! JSON bodies of the region node's public and internal APIs.
+
+use domicile_core::{BucketRange, BucketSet, Epoch, Market, RegionId, Scope, ServiceName};
+use domicile_store::{BucketDigest, ImportOutcome};
+use serde::{Deserialize, Serialize};
+
+/// Header carrying the user's market on every data request (set by the gateway).
+pub const MARKET_HEADER: &str = "x-domicile-market";
+/// Header carrying the epoch the caller routed by; a stale one gets 421.
+pub const EPOCH_HEADER: &str = "x-domicile-epoch";
+/// Content type of binary streams.
+pub const STREAM_CONTENT_TYPE: &str = "application/x-domicile-stream";
+
+/// Every error: `{"error":{"code","message"}}`, plus the owner on a 421.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    /// On 421: the region that owns the range, when this node knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<RegionId>,
+    /// On 421: the epoch of the range as this node knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<Epoch>,
+}
+
+/// The answer to a write: the new version (a string, since versions exceed 2^53).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResponse {
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListItem {
+    pub key: String,
+    pub version: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListResponse {
+    pub items: Vec<ListItem>,
+    pub next: Option<String>,
+}
+
+/// A scope as the internal API takes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopeRequest {
+    pub service: ServiceName,
+    pub market: Market,
+    pub buckets: BucketSet,
+}
+
+impl From<ScopeRequest> for Scope {
+    fn from(s: ScopeRequest) -> Self {
+        Scope {
+            service: s.service,
+            market: s.market,
+            buckets: s.buckets,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestResponse {
+    pub digests: Vec<BucketDigest>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportResponse {
+    pub applied: u64,
+    pub skipped: u64,
+}
+
+impl From<ImportOutcome> for ImportResponse {
+    fn from(o: ImportOutcome) -> Self {
+        Self {
+            applied: o.applied,
+            skipped: o.skipped,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeResponse {
+    pub records: u64,
+    pub blobs: u64,
+}
+
+/// A range of one service and market, with the epoch an ownership change is made at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeRequest {
+    pub service: ServiceName,
+    pub market: Market,
+    pub buckets: BucketRange,
+    pub epoch: Epoch,
+    /// For `release`: the region that owns the range from now on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<RegionId>,
+}
+
+/// The answer to `fence`: the last LSN, which the mover drains up to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceResponse {
+    pub lsn: u64,
+}
+
+/// How a node holds a range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum RangeState {
+    /// This node serves reads and writes.
+    Owned,
+    /// This node serves reads; writes are held off during a cutover.
+    Fenced,
+    /// Another region owns the range (if known).
+    Foreign { owner: Option<RegionId> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedRange {
+    pub service: ServiceName,
+    pub market: Market,
+    pub buckets: BucketRange,
+    pub epoch: Epoch,
+    #[serde(flatten)]
+    pub state: RangeState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnershipResponse {
+    pub region: RegionId,
+    pub ranges: Vec<OwnedRange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub region: RegionId,
+    pub engine: String,
+    pub last_lsn: u64,
+    pub policy_version: u64,
+}
