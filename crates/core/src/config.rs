@@ -123,9 +123,23 @@ pub enum ConfigError {
     Forbidden(#[from] PolicyViolation),
 }
 
+/// A TOML error as one line: `line L, column C: message`.
+pub(crate) fn one_line(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {}", e.message())
+        }
+        None => e.message().to_string(),
+    }
+}
+
 impl ClusterConfig {
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(one_line(text, &e)))?;
         let schema = match raw.schema {
             Some(s) => {
                 s.validate()?;

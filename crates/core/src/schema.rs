@@ -59,7 +59,8 @@ pub enum SchemaError {
 
 impl Schema {
     pub fn from_toml(text: &str) -> Result<Self, SchemaError> {
-        let schema: Schema = toml::from_str(text).map_err(|e| SchemaError::Parse(e.to_string()))?;
+        let schema: Schema = toml::from_str(text)
+            .map_err(|e| SchemaError::Parse(crate::config::one_line(text, &e)))?;
         schema.validate()?;
         Ok(schema)
     }
@@ -69,13 +70,13 @@ impl Schema {
             return Err(SchemaError::Empty);
         }
         for (name, spec) in &self.collections {
-            if let Some(purpose) = &spec.consent {
-                if ServiceName::new(purpose.clone()).is_err() {
-                    return Err(SchemaError::ConsentPurpose {
-                        collection: name.clone(),
-                        purpose: purpose.clone(),
-                    });
-                }
+            if let Some(purpose) = &spec.consent
+                && ServiceName::new(purpose.clone()).is_err()
+            {
+                return Err(SchemaError::ConsentPurpose {
+                    collection: name.clone(),
+                    purpose: purpose.clone(),
+                });
             }
         }
         Ok(())

@@ -132,18 +132,18 @@ impl OwnershipTable {
                 epoch: Some(slot.epoch),
             });
         }
-        if let Some(e) = caller_epoch {
-            if e != slot.epoch {
-                return Err(ApiError::Misdirected {
-                    code: "stale_epoch",
-                    message: format!(
-                        "{what} is at epoch {} here, the request was routed at epoch {e}",
-                        slot.epoch
-                    ),
-                    owner: None,
-                    epoch: Some(slot.epoch),
-                });
-            }
+        if let Some(e) = caller_epoch
+            && e != slot.epoch
+        {
+            return Err(ApiError::Misdirected {
+                code: "stale_epoch",
+                message: format!(
+                    "{what} is at epoch {} here, the request was routed at epoch {e}",
+                    slot.epoch
+                ),
+                owner: None,
+                epoch: Some(slot.epoch),
+            });
         }
         if write && slot.state == RangeState::Fenced {
             return Err(ApiError::Misdirected {

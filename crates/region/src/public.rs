@@ -251,10 +251,10 @@ async fn blob_referenced(
     loop {
         let page = state.store.list(owner, after.as_ref(), MAX_PAGE).await?;
         for item in &page.items {
-            if let Some(r) = state.store.get(&owner.record(item.key.clone())).await? {
-                if serde_json::from_slice::<BlobRef>(&r.value).is_ok_and(|b| b.hash == hash) {
-                    return Ok(true);
-                }
+            if let Some(r) = state.store.get(&owner.record(item.key.clone())).await?
+                && serde_json::from_slice::<BlobRef>(&r.value).is_ok_and(|b| b.hash == hash)
+            {
+                return Ok(true);
             }
         }
         match page.next {

@@ -86,7 +86,16 @@ async fn records_round_trip_with_versions_as_etags() {
 async fn bad_input_gets_a_json_error_and_writes_nothing() {
     let node = Node::start("cn-beijing").await;
     let big = vec![b'x'; (1 << 20) + 1];
-    let cases: Vec<(Method, &str, Vec<(&str, &str)>, Vec<u8>, StatusCode, &str)> = vec![
+    /// (method, uri, headers, body, expected status, expected code)
+    type Case<'a> = (
+        Method,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Vec<u8>,
+        StatusCode,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             Method::PUT,
             "/v1/users/bad%20id/orders/k",

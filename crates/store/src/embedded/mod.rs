@@ -80,10 +80,10 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Closing the queue ends the writer after it has answered everything queued.
         self.tx.take();
-        if let Some(writer) = self.writer.take() {
-            if writer.join().is_err() {
-                tracing::error!("store writer thread panicked");
-            }
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!("store writer thread panicked");
         }
     }
 }

@@ -101,6 +101,8 @@ type KeyState = Option<(Version, bool)>;
 
 struct Group {
     batch: fjall::OwnedWriteBatch,
+    /// Set when staging failed half-way: the group is dropped, not committed.
+    broken: Option<String>,
     overlay: HashMap<Vec<u8>, (Version, bool)>,
     pending: Vec<Pending>,
     lsn: Lsn,
@@ -150,6 +152,7 @@ impl Writer {
                 Request::Grouped(grouped) => {
                     let g = group.get_or_insert_with(|| Group {
                         batch: self.db.batch().durability(Some(PersistMode::SyncData)),
+                        broken: None,
                         overlay: HashMap::new(),
                         pending: Vec::new(),
                         lsn: self.next_lsn,
@@ -196,7 +199,11 @@ impl Writer {
         match request {
             Grouped::Write { batch, reply } => Pending::Write(reply, self.stage_write(g, batch)),
             Grouped::Import { records, reply } => {
-                Pending::Import(reply, self.stage_import(g, records))
+                let outcome = self.stage_import(g, records);
+                if let Err(e) = &outcome {
+                    g.broken = Some(e.to_string());
+                }
+                Pending::Import(reply, outcome)
             }
             Grouped::Meta { name, value, reply } => {
                 g.batch
@@ -257,28 +264,20 @@ impl Writer {
     }
 
     /// Stages the records that win against what is stored; the rest are counted as skipped.
+    /// Records go straight into the group: an engine error while reading abandons the whole
+    /// group (see `commit`), so an import is still all or nothing.
     fn stage_import(
         &mut self,
         g: &mut Group,
         records: Vec<VersionedRecord>,
     ) -> Result<ImportOutcome, StoreError> {
         let mut outcome = ImportOutcome::default();
-        let mut local: HashMap<Vec<u8>, Version> = HashMap::new();
-        let mut staged = Vec::with_capacity(records.len());
         for r in records {
             let key = keys::record_key(&r.address);
-            let current = match local.get(&key) {
-                Some(v) => Some(*v),
-                None => self.state(g, &key)?.map(|(v, _)| v),
-            };
-            if current.is_some_and(|v| v >= r.version) {
+            if matches!(self.state(g, &key)?, Some((current, _)) if current >= r.version) {
                 outcome.skipped += 1;
                 continue;
             }
-            local.insert(key.clone(), r.version);
-            staged.push((key, r));
-        }
-        for (key, r) in staged {
             self.hlc.observe(r.version);
             self.log(g, key, r.version, r.value.as_deref());
             outcome.applied += 1;
@@ -288,7 +287,11 @@ impl Writer {
 
     fn commit(&mut self, group: Option<Group>) {
         let Some(g) = group else { return };
-        let result = self.commit_batch(g.batch, g.lsn);
+        let result = match g.broken {
+            // Nothing of a broken group reaches the engine; every request in it fails.
+            Some(reason) => Err(StoreError::Engine(format!("group abandoned: {reason}"))),
+            None => self.commit_batch(g.batch, g.lsn),
+        };
         if result.is_ok() {
             self.next_lsn = g.lsn;
         }

@@ -1,0 +1,417 @@
+//! `domicile bench store`: the region store against the bare engine doing the same work.
+//!
+//! - durable writes: `writers` concurrent writers, one record per write, each acknowledged only
+//!   when durable — through `RegionStore` (group commit), and with every writer committing its
+//!   own fdatasync'd fjall batch (record + change-log entry), the bare engine's way;
+//! - import: versioned 256-byte records in batches of 10,000 — through `RegionStore::import`
+//!   (read-before-write, higher version wins, logged) and as bare durable fjall batches;
+//! - scan: a consistent snapshot of everything imported; point reads: random gets;
+//! - peak RSS of the whole run.
+
+use crate::machine::{Machine, peak_rss_mib};
+use bytes::Bytes;
+use domicile_core::{BucketCount, CollectionName, Market, RecordKey, ServiceName, UserId, Version};
+use domicile_core::{BucketSet, Scope};
+use domicile_store::{
+    CollectionAddress, EmbeddedOptions, EmbeddedStore, Mutation, MutationOp, Precondition,
+    RegionStore, StoreError, VersionedRecord,
+};
+use fjall::{Database, KeyspaceCreateOptions, PersistMode};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{Rng, RngCore};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+const VALUE_BYTES: usize = 256;
+const IMPORT_BATCH: usize = 10_000;
+const RECORDS_PER_USER: u64 = 64;
+const POINT_READS: u64 = 200_000;
+
+#[derive(Debug, Clone)]
+pub struct StoreBenchOptions {
+    /// Where the stores live (a fresh folder under it is made and removed).
+    pub dir: PathBuf,
+    /// Records to import (and then scan and read).
+    pub records: u64,
+    /// Concurrent writers for the durable-write figures.
+    pub writers: usize,
+    /// How long each durable-write figure is measured.
+    pub write_seconds: f64,
+    /// Show progress bars (on stderr).
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreBenchReport {
+    pub engine: String,
+    pub records: u64,
+    pub writers: usize,
+    pub value_bytes: usize,
+    pub durable_writes_per_s: f64,
+    pub raw_durable_writes_per_s: f64,
+    pub durable_vs_raw: f64,
+    pub commits_per_s: f64,
+    pub import_records_per_s: f64,
+    pub raw_import_records_per_s: f64,
+    pub import_vs_raw: f64,
+    pub scan_records_per_s: f64,
+    pub point_reads_per_s: f64,
+    pub peak_rss_mib: f64,
+    pub machine: Machine,
+}
+
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("bare engine: {0}")]
+    Engine(#[from] fjall::Error),
+    #[error("benchmark folder {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("benchmark task failed: {0}")]
+    Task(String),
+    #[error("the scan returned {got} records, expected {expected}")]
+    Scan { got: u64, expected: u64 },
+}
+
+fn service() -> ServiceName {
+    ServiceName::new("ecommerce").unwrap_or_else(|_| unreachable!("a valid literal"))
+}
+
+fn market() -> Market {
+    Market::new("IN").unwrap_or_else(|_| unreachable!("a valid literal"))
+}
+
+fn address(user: &str, key: &str) -> Result<domicile_store::RecordAddress, BenchError> {
+    let bad = |e: domicile_core::IdError| BenchError::Task(e.to_string());
+    let c = CollectionAddress::new(
+        service(),
+        market(),
+        UserId::new(user).map_err(bad)?,
+        CollectionName::new("orders").map_err(bad)?,
+        BucketCount::DEFAULT,
+    );
+    Ok(c.record(RecordKey::new(key).map_err(bad)?))
+}
+
+fn random_value() -> Bytes {
+    let mut v = vec![0u8; VALUE_BYTES];
+    rand::rng().fill_bytes(&mut v);
+    Bytes::from(v)
+}
+
+/// The `i`-th imported record: 64 records per user, sorted within each batch as a snapshot
+/// stream delivers them.
+fn import_batch(start: u64, len: u64) -> Result<Vec<VersionedRecord>, BenchError> {
+    let mut batch = (start..start + len)
+        .map(|i| {
+            Ok(VersionedRecord {
+                address: address(
+                    &format!("u{}", i / RECORDS_PER_USER),
+                    &format!("k{:04}", i % RECORDS_PER_USER),
+                )?,
+                version: Version::from_parts(1_700_000_000_000, (i % 1000) as u16),
+                value: Some(random_value()),
+            })
+        })
+        .collect::<Result<Vec<_>, BenchError>>()?;
+    batch.sort_by(|a, b| a.address.cmp(&b.address));
+    Ok(batch)
+}
+
+fn bar(progress: bool, len: u64, what: &str) -> ProgressBar {
+    if !progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    let style =
+        ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style.progress_chars("=> "));
+    bar.set_prefix(what.to_string());
+    bar
+}
+
+fn fresh_dir(base: &Path, name: &str) -> Result<PathBuf, BenchError> {
+    let path = base.join(name);
+    let io = |source| BenchError::Io {
+        path: path.clone(),
+        source,
+    };
+    if path.exists() {
+        std::fs::remove_dir_all(&path).map_err(io)?;
+    }
+    std::fs::create_dir_all(&path).map_err(io)?;
+    Ok(path)
+}
+
+/// The bare engine with the same layout and options as the embedded store.
+struct RawEngine {
+    db: Database,
+    records: fjall::Keyspace,
+    changes: fjall::Keyspace,
+    lsn: AtomicU64,
+}
+
+impl RawEngine {
+    fn open(path: &Path) -> Result<Self, BenchError> {
+        let options = EmbeddedOptions::default();
+        let ks = || KeyspaceCreateOptions::default().max_memtable_size(options.memtable_bytes);
+        let db = Database::builder(path)
+            .cache_size(options.cache_bytes)
+            .open()?;
+        let records = db.keyspace("records", ks)?;
+        let changes = db.keyspace("changes", ks)?;
+        Ok(Self {
+            db,
+            records,
+            changes,
+            lsn: AtomicU64::new(0),
+        })
+    }
+
+    fn commit(&self, items: impl Iterator<Item = (Vec<u8>, Bytes)>) -> Result<(), BenchError> {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        for (key, value) in items {
+            let lsn = self.lsn.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut entry = Vec::with_capacity(10 + key.len());
+            entry.extend_from_slice(&[1, 1]);
+            entry.extend_from_slice(&lsn.to_be_bytes());
+            entry.extend_from_slice(&key);
+            batch.insert(&self.changes, lsn.to_be_bytes().to_vec(), entry);
+            let mut stored = Vec::with_capacity(9 + value.len());
+            stored.push(0);
+            stored.extend_from_slice(&lsn.to_be_bytes());
+            stored.extend_from_slice(&value);
+            batch.insert(&self.records, key, stored);
+        }
+        batch.commit()?;
+        Ok(())
+    }
+}
+
+fn raw_key(r: &VersionedRecord) -> Vec<u8> {
+    let c = &r.address.collection;
+    format!(
+        "{}\0{}{:05}{}\0{}\0{}",
+        c.service, c.market, c.bucket.0, c.user, c.collection, r.address.key
+    )
+    .into_bytes()
+}
+
+async fn store_durable_writes(
+    store: &EmbeddedStore,
+    o: &StoreBenchOptions,
+) -> Result<(f64, f64), BenchError> {
+    let deadline = Instant::now() + Duration::from_secs_f64(o.write_seconds);
+    let done = Arc::new(AtomicU64::new(0));
+    let commits_before = store.commits();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..o.writers {
+        let (store, done) = (store.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let m = Mutation {
+                    address: address(&format!("w{w}"), &format!("k{i}"))?,
+                    op: MutationOp::Put(random_value()),
+                    precondition: Precondition::None,
+                };
+                store.write(vec![m]).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+            Ok::<_, BenchError>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| BenchError::Task(e.to_string()))??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let commits = (store.commits() - commits_before) as f64;
+    Ok((done.load(Ordering::Relaxed) as f64 / secs, commits / secs))
+}
+
+fn raw_durable_writes(engine: Arc<RawEngine>, o: &StoreBenchOptions) -> Result<f64, BenchError> {
+    let deadline = Instant::now() + Duration::from_secs_f64(o.write_seconds);
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..o.writers)
+        .map(|w| {
+            let (engine, done) = (engine.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    let key = format!("ecommerce\0IN{w:05}w{w}\0orders\0k{i}").into_bytes();
+                    engine.commit(std::iter::once((key, random_value())))?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+                Ok::<_, BenchError>(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .map_err(|_| BenchError::Task("raw writer panicked".into()))??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn store_import(store: &EmbeddedStore, o: &StoreBenchOptions) -> Result<f64, BenchError> {
+    let bar = bar(o.progress, o.records, "import (region store)");
+    let mut elapsed = Duration::ZERO;
+    let mut start = 0;
+    while start < o.records {
+        let len = (IMPORT_BATCH as u64).min(o.records - start);
+        // As for the bare engine, only the engine's work is timed, not making the batch.
+        let batch = import_batch(start, len)?;
+        let t = Instant::now();
+        store.import(batch).await?;
+        elapsed += t.elapsed();
+        bar.inc(len);
+        start += len;
+    }
+    bar.finish_and_clear();
+    Ok(o.records as f64 / elapsed.as_secs_f64())
+}
+
+fn raw_import(engine: &RawEngine, o: &StoreBenchOptions) -> Result<f64, BenchError> {
+    let bar = bar(o.progress, o.records, "import (bare engine)");
+    let mut elapsed = Duration::ZERO;
+    let mut start = 0;
+    while start < o.records {
+        let len = (IMPORT_BATCH as u64).min(o.records - start);
+        // Generating the batch is not the engine's work: only the commit is timed.
+        let batch = import_batch(start, len)?;
+        let t = Instant::now();
+        engine.commit(
+            batch
+                .iter()
+                .map(|r| (raw_key(r), r.value.clone().unwrap_or_default())),
+        )?;
+        elapsed += t.elapsed();
+        bar.inc(len);
+        start += len;
+    }
+    bar.finish_and_clear();
+    Ok(o.records as f64 / elapsed.as_secs_f64())
+}
+
+async fn scan(store: &EmbeddedStore, expected: u64) -> Result<f64, BenchError> {
+    let scope = Scope {
+        service: service(),
+        market: market(),
+        buckets: BucketSet::from_ranges([BucketCount::DEFAULT.all()]),
+    };
+    let started = Instant::now();
+    let mut scan = store.snapshot(&scope).await?;
+    let mut got = 0u64;
+    while let Some(chunk) = scan.chunks.next().await {
+        got += chunk?.len() as u64;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if got != expected {
+        return Err(BenchError::Scan { got, expected });
+    }
+    Ok(got as f64 / secs)
+}
+
+async fn point_reads(store: &EmbeddedStore, records: u64) -> Result<f64, BenchError> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..POINT_READS / 2 {
+                let i = rand::rng().random_range(0..records);
+                let a = address(
+                    &format!("u{}", i / RECORDS_PER_USER),
+                    &format!("k{:04}", i % RECORDS_PER_USER),
+                )?;
+                if store.get(&a).await?.is_none() {
+                    return Err(BenchError::Task(format!("record {i} missing")));
+                }
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| BenchError::Task(e.to_string()))??;
+    }
+    Ok(POINT_READS as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Runs the whole benchmark; the stores live under `options.dir` and are removed afterwards.
+pub async fn run_store_bench(options: StoreBenchOptions) -> Result<StoreBenchReport, BenchError> {
+    let o = &options;
+    let store_dir = fresh_dir(&o.dir, "region-store")?;
+    let raw_dir = fresh_dir(&o.dir, "bare-engine")?;
+    let progress = bar(o.progress, 4, "durable writes");
+
+    // One engine open at a time, so the peak RSS is one store's, not the sum of several.
+    let store = EmbeddedStore::open(&store_dir, EmbeddedOptions::default())?;
+    let (durable, commits) = store_durable_writes(&store, o).await?;
+    drop(store);
+    progress.inc(1);
+    let raw_durable = {
+        let engine = Arc::new(RawEngine::open(&raw_dir)?);
+        let o = o.clone();
+        tokio::task::spawn_blocking(move || raw_durable_writes(engine, &o))
+            .await
+            .map_err(|e| BenchError::Task(e.to_string()))??
+    };
+    progress.finish_and_clear();
+
+    // Import into fresh stores, so the write figures' data does not count.
+    let store_dir = fresh_dir(&o.dir, "region-store-import")?;
+    let store = EmbeddedStore::open(&store_dir, EmbeddedOptions::default())?;
+    let import = store_import(&store, o).await?;
+    let scan = scan(&store, o.records).await?;
+    let reads = point_reads(&store, o.records).await?;
+    drop(store);
+    let raw_dir = fresh_dir(&o.dir, "bare-engine-import")?;
+    let raw_import = {
+        let engine = RawEngine::open(&raw_dir)?;
+        let o = o.clone();
+        tokio::task::spawn_blocking(move || raw_import(&engine, &o))
+            .await
+            .map_err(|e| BenchError::Task(e.to_string()))??
+    };
+    for dir in [
+        "region-store",
+        "bare-engine",
+        "region-store-import",
+        "bare-engine-import",
+    ] {
+        let path = o.dir.join(dir);
+        std::fs::remove_dir_all(&path).map_err(|source| BenchError::Io { path, source })?;
+    }
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    Ok(StoreBenchReport {
+        engine: "embedded-fjall".into(),
+        records: o.records,
+        writers: o.writers,
+        value_bytes: VALUE_BYTES,
+        durable_writes_per_s: round(durable),
+        raw_durable_writes_per_s: round(raw_durable),
+        durable_vs_raw: (durable / raw_durable * 100.0).round() / 100.0,
+        commits_per_s: round(commits),
+        import_records_per_s: round(import),
+        raw_import_records_per_s: round(raw_import),
+        import_vs_raw: (import / raw_import * 100.0).round() / 100.0,
+        scan_records_per_s: round(scan),
+        point_reads_per_s: round(reads),
+        peak_rss_mib: round(peak_rss_mib().unwrap_or(0.0)),
+        machine: Machine::current(),
+    })
+}

@@ -1,0 +1,64 @@
+//! `domicile`: one binary for every role (region node, …) and tool (bench, …).
+//! It only parses arguments and wires the library crates together.
+
+mod bench;
+mod region;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+// The store allocates per record on every path; glibc's allocator spent ~28% of an import
+// in malloc/free under contention (perf, bench store). See docs/decisions/0002-allocator.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "domicile",
+    version,
+    about = "Residency-aware data platform: serve every user's data from the region their country allows, and move it there live."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a region node: one region's store behind the public and internal APIs.
+    Region(region::RegionArgs),
+    /// Run a benchmark and print its figures as JSON.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        // The engine logs every flush and compaction at info; keep ours readable.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing();
+    let result: Result<()> = (|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            match cli.command {
+                Command::Region(args) => region::run(args).await,
+                Command::Bench(cmd) => bench::run(cmd).await,
+            }
+        })
+    })();
+    if let Err(e) = result {
+        // One line, the whole chain of causes: what failed and why.
+        eprintln!("domicile: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,92 @@
+//! The CLI's contract: `--help` everywhere, bad input → one line on stderr and a non-zero exit.
+
+use std::process::Command;
+
+fn domicile(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_domicile"))
+        .args(args)
+        .output()
+        .expect("run domicile")
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [
+        &["--help"][..],
+        &["region", "--help"],
+        &["bench", "--help"],
+        &["bench", "store", "--help"],
+    ] {
+        let out = domicile(args);
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage:"), "{args:?}: {text}");
+    }
+}
+
+#[test]
+fn bad_input_is_one_line_and_a_non_zero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_toml = dir.path().join("bad.toml");
+    std::fs::write(&bad_toml, "regions = 1").unwrap();
+    let forbidden = dir.path().join("forbidden.toml");
+    let text = domicile_core::reference::CLUSTER_TOML.replace(
+        "[[placement]]\nregion = \"cn-beijing\"",
+        "[[placement]]\nregion = \"us-west\"",
+    );
+    std::fs::write(&forbidden, text).unwrap();
+    let missing = dir.path().join("missing.toml");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "region".into(),
+                "--config".into(),
+                missing.display().to_string(),
+                "--region".into(),
+                "us-west".into(),
+            ],
+            "read config",
+        ),
+        (
+            vec![
+                "region".into(),
+                "--config".into(),
+                bad_toml.display().to_string(),
+                "--region".into(),
+                "us-west".into(),
+            ],
+            "config is not valid",
+        ),
+        (
+            vec![
+                "region".into(),
+                "--config".into(),
+                forbidden.display().to_string(),
+                "--region".into(),
+                "us-west".into(),
+            ],
+            "forbids",
+        ),
+        (
+            vec![
+                "bench".into(),
+                "store".into(),
+                "--records".into(),
+                "0".into(),
+            ],
+            "--records must be at least 1",
+        ),
+    ];
+    for (args, expected) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = domicile(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+        assert!(
+            lines[0].starts_with("domicile: ") && lines[0].contains(expected),
+            "{args:?}: {stderr}"
+        );
+    }
+}

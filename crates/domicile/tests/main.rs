@@ -1,0 +1,4 @@
+//! End-to-end tests of the `domicile` binary: real processes on loopback, ports chosen by the OS.
+
+mod cli;
+mod region_process;
