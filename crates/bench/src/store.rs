@@ -3,8 +3,9 @@
 //! - durable writes: `writers` concurrent writers, one record per write, each acknowledged only
 //!   when durable — through `RegionStore` (group commit), and with every writer committing its
 //!   own fdatasync'd fjall batch (record + change-log entry), the bare engine's way;
-//! - import: versioned 256-byte records in batches of 10,000 — through `RegionStore::import`
-//!   (read-before-write, higher version wins, logged) and as bare durable fjall batches;
+//! - import: versioned 256-byte records in batches of 10,000, in the order a snapshot stream
+//!   delivers them (bucket, user, key) — through `RegionStore::import` (read-before-write, higher
+//!   version wins, logged) and as bare durable fjall batches; only the engine's time is counted;
 //! - scan: a consistent snapshot of everything imported; point reads: random gets;
 //! - peak RSS of the whole run.
 
@@ -108,23 +109,40 @@ fn random_value() -> Bytes {
     Bytes::from(v)
 }
 
-/// The `i`-th imported record: 64 records per user, sorted within each batch as a snapshot
-/// stream delivers them.
-fn import_batch(start: u64, len: u64) -> Result<Vec<VersionedRecord>, BenchError> {
-    let mut batch = (start..start + len)
-        .map(|i| {
-            Ok(VersionedRecord {
-                address: address(
-                    &format!("u{}", i / RECORDS_PER_USER),
-                    &format!("k{:04}", i % RECORDS_PER_USER),
-                )?,
-                version: Version::from_parts(1_700_000_000_000, (i % 1000) as u16),
-                value: Some(random_value()),
+/// The users of the import, in the order a snapshot stream delivers them: by bucket, then by
+/// user id (`RECORDS_PER_USER` records each, keys in order within a user).
+struct ImportOrder {
+    users: Vec<(u16, String)>,
+}
+
+impl ImportOrder {
+    fn new(records: u64) -> Self {
+        let n = records.div_ceil(RECORDS_PER_USER);
+        let mut users: Vec<(u16, String)> = (0..n)
+            .map(|i| {
+                let name = format!("u{i}");
+                let bucket =
+                    UserId::new(name.as_str()).map_or(0, |u| BucketCount::DEFAULT.bucket_of(&u).0);
+                (bucket, name)
             })
+            .collect();
+        users.sort();
+        Self { users }
+    }
+
+    /// The `i`-th record in stream order.
+    fn record(&self, i: u64) -> Result<VersionedRecord, BenchError> {
+        let (_, user) = &self.users[(i / RECORDS_PER_USER) as usize];
+        Ok(VersionedRecord {
+            address: address(user, &format!("k{:04}", i % RECORDS_PER_USER))?,
+            version: Version::from_parts(1_700_000_000_000, (i % 1000) as u16),
+            value: Some(random_value()),
         })
-        .collect::<Result<Vec<_>, BenchError>>()?;
-    batch.sort_by(|a, b| a.address.cmp(&b.address));
-    Ok(batch)
+    }
+
+    fn batch(&self, start: u64, len: u64) -> Result<Vec<VersionedRecord>, BenchError> {
+        (start..start + len).map(|i| self.record(i)).collect()
+    }
 }
 
 fn bar(progress: bool, len: u64, what: &str) -> ProgressBar {
@@ -267,14 +285,18 @@ fn raw_durable_writes(engine: Arc<RawEngine>, o: &StoreBenchOptions) -> Result<f
     Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn store_import(store: &EmbeddedStore, o: &StoreBenchOptions) -> Result<f64, BenchError> {
+async fn store_import(
+    store: &EmbeddedStore,
+    order: &ImportOrder,
+    o: &StoreBenchOptions,
+) -> Result<f64, BenchError> {
     let bar = bar(o.progress, o.records, "import (region store)");
     let mut elapsed = Duration::ZERO;
     let mut start = 0;
     while start < o.records {
         let len = (IMPORT_BATCH as u64).min(o.records - start);
         // As for the bare engine, only the engine's work is timed, not making the batch.
-        let batch = import_batch(start, len)?;
+        let batch = order.batch(start, len)?;
         let t = Instant::now();
         store.import(batch).await?;
         elapsed += t.elapsed();
@@ -285,14 +307,18 @@ async fn store_import(store: &EmbeddedStore, o: &StoreBenchOptions) -> Result<f6
     Ok(o.records as f64 / elapsed.as_secs_f64())
 }
 
-fn raw_import(engine: &RawEngine, o: &StoreBenchOptions) -> Result<f64, BenchError> {
+fn raw_import(
+    engine: &RawEngine,
+    order: &ImportOrder,
+    o: &StoreBenchOptions,
+) -> Result<f64, BenchError> {
     let bar = bar(o.progress, o.records, "import (bare engine)");
     let mut elapsed = Duration::ZERO;
     let mut start = 0;
     while start < o.records {
         let len = (IMPORT_BATCH as u64).min(o.records - start);
         // Generating the batch is not the engine's work: only the commit is timed.
-        let batch = import_batch(start, len)?;
+        let batch = order.batch(start, len)?;
         let t = Instant::now();
         engine.commit(
             batch
@@ -326,6 +352,7 @@ async fn scan(store: &EmbeddedStore, expected: u64) -> Result<f64, BenchError> {
     Ok(got as f64 / secs)
 }
 
+/// Random gets of imported records (user `u{i/64}`, key `k{i%64}`) from two tasks.
 async fn point_reads(store: &EmbeddedStore, records: u64) -> Result<f64, BenchError> {
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -375,7 +402,8 @@ pub async fn run_store_bench(options: StoreBenchOptions) -> Result<StoreBenchRep
     // Import into fresh stores, so the write figures' data does not count.
     let store_dir = fresh_dir(&o.dir, "region-store-import")?;
     let store = EmbeddedStore::open(&store_dir, EmbeddedOptions::default())?;
-    let import = store_import(&store, o).await?;
+    let order = Arc::new(ImportOrder::new(o.records));
+    let import = store_import(&store, &order, o).await?;
     let scan = scan(&store, o.records).await?;
     let reads = point_reads(&store, o.records).await?;
     drop(store);
@@ -383,7 +411,7 @@ pub async fn run_store_bench(options: StoreBenchOptions) -> Result<StoreBenchRep
     let raw_import = {
         let engine = RawEngine::open(&raw_dir)?;
         let o = o.clone();
-        tokio::task::spawn_blocking(move || raw_import(&engine, &o))
+        tokio::task::spawn_blocking(move || raw_import(&engine, &order, &o))
             .await
             .map_err(|e| BenchError::Task(e.to_string()))??
     };

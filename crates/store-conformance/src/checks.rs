@@ -403,6 +403,44 @@ pub async fn import_is_idempotent_and_order_independent(open: Open) {
         };
         assert_eq!(first.get(&a).await.unwrap().map(|r| r.value), expected);
     }
+    // A sorted batch over a range that already holds other keys, some of its own keys at higher
+    // versions and some at lower: only the lower ones are replaced, neighbours are untouched.
+    let (_d3, third) = fresh(open).await;
+    let neighbours: Vec<VersionedRecord> = (0..300u64)
+        .map(|k| VersionedRecord {
+            address: order("sparse", &format!("k{k:03}")),
+            version: Version(50 + k % 2 * 100),
+            value: Some(Bytes::from(format!("old {k}"))),
+        })
+        .collect();
+    third.import(neighbours).await.unwrap();
+    let batch: Vec<VersionedRecord> = (0..300u64)
+        .step_by(3)
+        .map(|k| VersionedRecord {
+            address: order("sparse", &format!("k{k:03}")),
+            version: Version(100),
+            value: Some(Bytes::from(format!("new {k}"))),
+        })
+        .collect();
+    let outcome = third.import(batch).await.unwrap();
+    assert_eq!(
+        (outcome.applied, outcome.skipped),
+        (50, 50),
+        "even keys were at 50, odd at 150"
+    );
+    for k in 0..300u64 {
+        let got = third
+            .get(&order("sparse", &format!("k{k:03}")))
+            .await
+            .unwrap()
+            .unwrap();
+        let expected = if k % 3 == 0 && k % 2 == 0 {
+            format!("new {k}")
+        } else {
+            format!("old {k}")
+        };
+        assert_eq!(got.value, Bytes::from(expected), "key {k}");
+    }
     // A client write after an import outranks the imported version.
     let a = order("i1", "k1");
     let v = first.write(vec![put(&a, "client")]).await.unwrap()[0];

@@ -104,6 +104,8 @@ struct Group {
     /// Set when staging failed half-way: the group is dropped, not committed.
     broken: Option<String>,
     overlay: HashMap<Vec<u8>, (Version, bool)>,
+    /// Whether staged keys must go into the overlay (a later request of the group may read them).
+    remember: bool,
     pending: Vec<Pending>,
     lsn: Lsn,
 }
@@ -135,7 +137,8 @@ impl Writer {
 
     fn process(&mut self, queued: Vec<Request>) {
         let mut group: Option<Group> = None;
-        for request in queued {
+        let total = queued.len();
+        for (index, request) in queued.into_iter().enumerate() {
             if self.shared.poisoned.load(Ordering::Acquire) {
                 request.fail(|| StoreError::Poisoned);
                 continue;
@@ -154,9 +157,12 @@ impl Writer {
                         batch: self.db.batch().durability(Some(PersistMode::SyncData)),
                         broken: None,
                         overlay: HashMap::new(),
+                        remember: true,
                         pending: Vec::new(),
                         lsn: self.next_lsn,
                     });
+                    // The last request of a group needs no overlay: nothing after it reads it.
+                    g.remember = index + 1 < total;
                     let pending = self.stage(g, grouped);
                     g.pending.push(pending);
                 }
@@ -190,9 +196,14 @@ impl Writer {
             lsn_key(g.lsn).to_vec(),
             encode_change(op, version, &key),
         );
-        g.batch
-            .insert(&self.records, key.clone(), encode_value(version, value));
-        g.overlay.insert(key, (version, value.is_some()));
+        if g.remember {
+            g.batch
+                .insert(&self.records, key.clone(), encode_value(version, value));
+            g.overlay.insert(key, (version, value.is_some()));
+        } else {
+            g.batch
+                .insert(&self.records, key, encode_value(version, value));
+        }
     }
 
     fn stage(&mut self, g: &mut Group, request: Grouped) -> Pending {
@@ -271,18 +282,79 @@ impl Writer {
         g: &mut Group,
         records: Vec<VersionedRecord>,
     ) -> Result<ImportOutcome, StoreError> {
+        let keys: Vec<Vec<u8>> = records
+            .iter()
+            .map(|r| keys::record_key(&r.address))
+            .collect();
+        // A snapshot chunk arrives in key order: its stored versions come from one range scan.
+        let sorted = keys.windows(2).all(|w| w[0] < w[1]);
+        let stored = if sorted {
+            self.stored_versions_sorted(&keys)?
+        } else {
+            keys.iter()
+                .map(|k| self.stored_version(k))
+                .collect::<Result<_, _>>()?
+        };
+        // Unsorted batches may repeat a key: later copies must see earlier ones.
+        let mut local: HashMap<Vec<u8>, Version> = HashMap::new();
         let mut outcome = ImportOutcome::default();
-        for r in records {
-            let key = keys::record_key(&r.address);
-            if matches!(self.state(g, &key)?, Some((current, _)) if current >= r.version) {
+        for ((r, key), stored) in records.into_iter().zip(keys).zip(stored) {
+            let current = g
+                .overlay
+                .get(&key)
+                .map(|(v, _)| *v)
+                .or_else(|| local.get(&key).copied())
+                .or(stored);
+            if current.is_some_and(|v| v >= r.version) {
                 outcome.skipped += 1;
                 continue;
+            }
+            if !sorted {
+                local.insert(key.clone(), r.version);
             }
             self.hlc.observe(r.version);
             self.log(g, key, r.version, r.value.as_deref());
             outcome.applied += 1;
         }
         Ok(outcome)
+    }
+
+    fn stored_version(&self, key: &[u8]) -> Result<Option<Version>, StoreError> {
+        match self.records.get(key)? {
+            Some(v) => Ok(Some(keys::decode_value(&v)?.0)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stored versions of strictly increasing `keys`, by one merge over their key range; falls
+    /// back to point reads when the range holds many other keys (a sparse batch).
+    fn stored_versions_sorted(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Version>>, StoreError> {
+        let mut out = vec![None; keys.len()];
+        let (Some(first), Some(last)) = (keys.first(), keys.last()) else {
+            return Ok(out);
+        };
+        let budget = keys.len() * 2 + 64;
+        let mut i = 0;
+        for (visited, guard) in self.records.range(first.clone()..=last.clone()).enumerate() {
+            if visited > budget {
+                for (slot, key) in out.iter_mut().zip(keys).skip(i) {
+                    *slot = self.stored_version(key)?;
+                }
+                return Ok(out);
+            }
+            let (k, v) = guard.into_inner()?;
+            while i < keys.len() && keys[i].as_slice() < &k[..] {
+                i += 1;
+            }
+            if i == keys.len() {
+                break;
+            }
+            if keys[i].as_slice() == &k[..] {
+                out[i] = Some(keys::decode_value(&v)?.0);
+                i += 1;
+            }
+        }
+        Ok(out)
     }
 
     fn commit(&mut self, group: Option<Group>) {
