@@ -26,3 +26,9 @@ pub fn peak_rss_mib() -> Option<f64> {
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
+
+/// Resets the peak RSS (`VmHWM`) to the current RSS, so that a phase's peak can be read alone.
+/// Linux only (`/proc/self/clear_refs`); returns whether it worked.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}

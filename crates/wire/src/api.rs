@@ -145,3 +145,24 @@ pub struct StatusResponse {
     pub last_lsn: u64,
     pub policy_version: u64,
 }
+
+/// A region as the routing table names it: where its node listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionEndpoint {
+    pub id: RegionId,
+    pub jurisdiction: Market,
+    /// Base URL of the region node, e.g. `http://127.0.0.1:7401`.
+    pub url: String,
+}
+
+/// Everything a gateway needs to route, as the control plane publishes it. `version` increases
+/// with every change (placement, epochs, policy, regions), so watchers ask for "newer than V".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingTable {
+    pub version: u64,
+    pub buckets: domicile_core::BucketCount,
+    pub schema: domicile_core::Schema,
+    pub policy: domicile_core::Policy,
+    pub regions: Vec<RegionEndpoint>,
+    pub placement: domicile_core::Placement,
+}
