@@ -445,7 +445,11 @@ pub async fn run_store_bench(options: StoreBenchOptions) -> Result<StoreBenchRep
         import_vs_raw: (import / raw_import * 100.0).round() / 100.0,
         scan_records_per_s: round(scan),
         point_reads_per_s: round(reads),
-        peak_rss_mib: round(if phase_peak { import_peak } else { peak_rss_mib().unwrap_or(0.0) }),
+        peak_rss_mib: round(if phase_peak {
+            import_peak
+        } else {
+            peak_rss_mib().unwrap_or(0.0)
+        }),
         peak_rss_mib_whole_run: round(whole_run_so_far.max(peak_rss_mib().unwrap_or(0.0))),
         machine: Machine::current(),
     })
