@@ -2,7 +2,10 @@
 //! It only parses arguments and wires the library crates together.
 
 mod bench;
+mod cluster;
+mod latency;
 mod region;
+mod up;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -27,6 +30,11 @@ struct Cli {
 enum Command {
     /// Run a region node: one region's store behind the public and internal APIs.
     Region(region::RegionArgs),
+    /// Run the whole cluster in one process: control plane, gateway and a region node per region.
+    Up(up::UpArgs),
+    /// The latency model: where each market's data would be fastest.
+    #[command(subcommand)]
+    Latency(latency::LatencyCommand),
     /// Run a benchmark and print its figures as JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -52,6 +60,8 @@ fn main() {
         runtime.block_on(async {
             match cli.command {
                 Command::Region(args) => region::run(args).await,
+                Command::Up(args) => up::run(args).await,
+                Command::Latency(cmd) => latency::run(cmd).await,
                 Command::Bench(cmd) => bench::run(cmd).await,
             }
         })

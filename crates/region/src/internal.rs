@@ -3,9 +3,7 @@
 //!
 //! Streams use the binary framing of `domicile_wire::frame` (docs/design/stream-framing.md).
 
-use crate::error::ApiError;
 use crate::ownership::Change as OwnershipChange;
-use crate::request;
 use crate::state::NodeState;
 use axum::Json;
 use axum::body::Body;
@@ -15,6 +13,8 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use domicile_core::{BucketSet, Market, Scope, ServiceName};
+use domicile_http::ApiError;
+use domicile_http::request;
 use domicile_store::{Lsn, VersionedRecord};
 use domicile_wire::api::{
     DigestResponse, FenceResponse, ImportResponse, OwnershipResponse, PurgeResponse, RangeRequest,
@@ -343,6 +343,6 @@ pub async fn status(State(state): State<Arc<NodeState>>) -> Json<StatusResponse>
         region: state.region.clone(),
         engine: state.store.engine().to_string(),
         last_lsn: state.store.last_lsn().0,
-        policy_version: state.policy.version,
+        policy_version: state.policy().version,
     })
 }

@@ -9,12 +9,10 @@
 
 #![deny(clippy::unwrap_used)]
 
-pub mod error;
 pub mod internal;
 pub mod metrics;
 pub mod ownership;
 pub mod public;
-pub mod request;
 pub mod state;
 
 use axum::Router;
@@ -23,8 +21,8 @@ use axum::http::{HeaderValue, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use domicile_core::{ClusterConfig, RegionId};
+pub use domicile_http::ApiError;
 use domicile_store::{BlobError, BlobStore, StoreError, StoreSpec, open_store};
-pub use error::ApiError;
 pub use state::NodeState;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -102,6 +100,28 @@ async fn render_metrics(State(state): State<Arc<NodeState>>) -> impl IntoRespons
     state.metrics.last_lsn.set(state.store.last_lsn().0);
     let ct = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
     ([(header::CONTENT_TYPE, ct)], state.metrics.render())
+}
+
+/// Follows the control plane's routing table and adopts every newer policy, so residency is
+/// enforced against the policy version in force (a completed phase tightens it).
+pub async fn follow_policy(
+    state: Arc<NodeState>,
+    control: domicile_client::control::ControlClient,
+) {
+    let initial = Arc::new(domicile_wire::api::RoutingTable {
+        version: 0,
+        buckets: state.buckets,
+        schema: state.schema.clone(),
+        policy: state.policy().as_ref().clone(),
+        regions: Vec::new(),
+        placement: domicile_core::Placement::default(),
+    });
+    let (tx, mut rx) = tokio::sync::watch::channel(initial);
+    tokio::spawn(control.watch(Arc::new(tx)));
+    while rx.changed().await.is_ok() {
+        let table = rx.borrow_and_update().clone();
+        state.update_policy(&table.policy);
+    }
 }
 
 /// A bound, not yet serving, region node.

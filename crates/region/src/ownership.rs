@@ -5,10 +5,10 @@
 //! Every change is written to the store's metadata before it takes effect, so a restarted node
 //! never owns what it had given up.
 
-use crate::error::ApiError;
 use domicile_core::{
     Bucket, BucketCount, BucketRange, Epoch, Market, Placement, RegionId, ServiceName,
 };
+use domicile_http::ApiError;
 use domicile_wire::api::{OwnedRange, RangeState};
 use std::collections::BTreeMap;
 

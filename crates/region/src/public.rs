@@ -1,7 +1,5 @@
 //! The public data API under `/v1`: records and blobs of one user, with versions as ETags.
 
-use crate::error::ApiError;
-use crate::request;
 use crate::state::NodeState;
 use axum::Json;
 use axum::body::Body;
@@ -10,6 +8,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use domicile_core::{CollectionKind, Epoch, Market, RecordKey, Version};
+use domicile_http::ApiError;
+use domicile_http::request;
 use domicile_store::{
     BlobRef, CollectionAddress, Mutation, MutationOp, Precondition, RecordAddress,
 };

@@ -1,6 +1,5 @@
 //! A region node's shared state: its region, the cluster's rules, its store and ownership.
 
-use crate::error::ApiError;
 use crate::metrics::NodeMetrics;
 use crate::ownership::{Change, OwnershipTable};
 use bytes::Bytes;
@@ -8,6 +7,7 @@ use domicile_core::{
     BucketCount, BucketRange, ClusterConfig, Epoch, Limits, Market, Policy, RegionId, Schema,
     ServiceName,
 };
+use domicile_http::ApiError;
 use domicile_store::{BlobStore, RegionStore, StoreError};
 use domicile_wire::api::OwnedRange;
 use std::sync::Arc;
@@ -20,7 +20,8 @@ pub struct NodeState {
     pub region: RegionId,
     pub buckets: BucketCount,
     pub schema: Schema,
-    pub policy: Policy,
+    /// The policy this node enforces; replaced when the control plane publishes a newer one.
+    policy: std::sync::RwLock<Arc<Policy>>,
     pub limits: Limits,
     pub store: Arc<dyn RegionStore>,
     pub blobs: BlobStore,
@@ -51,7 +52,7 @@ impl NodeState {
             region,
             buckets: cluster.buckets,
             schema: cluster.schema.clone(),
-            policy: cluster.policy.clone(),
+            policy: std::sync::RwLock::new(Arc::new(cluster.policy.clone())),
             limits: cluster.limits,
             store,
             blobs,
@@ -60,9 +61,31 @@ impl NodeState {
         })
     }
 
+    pub fn policy(&self) -> Arc<Policy> {
+        // A poisoned lock only means a writer panicked mid-swap of an Arc: the value is whole.
+        self.policy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Adopts `policy` if it is newer than the one in force; returns whether it did.
+    pub fn update_policy(&self, policy: &Policy) -> bool {
+        let mut current = self
+            .policy
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if policy.version <= current.version {
+            return false;
+        }
+        tracing::info!(region = %self.region, version = policy.version, "policy updated");
+        *current = Arc::new(policy.clone());
+        true
+    }
+
     /// Refuses data that the policy does not allow in this region.
     pub fn check_residency(&self, market: Market, service: &ServiceName) -> Result<(), ApiError> {
-        self.policy
+        self.policy()
             .check(market, service, &self.region)
             .map_err(|v| ApiError::ResidencyViolation(v.to_string()))
     }

@@ -18,6 +18,10 @@ pub enum ApiError {
         message: String,
     },
     NotFound(String),
+    /// 401: no or bad credential.
+    Unauthorized(String),
+    /// 403: authenticated, but not allowed (another user's data).
+    Forbidden(String),
     /// 412: a conditional write found another version.
     PreconditionFailed(String),
     /// 409: the request conflicts with the node's state (ownership changes, purge of owned data).
@@ -37,6 +41,13 @@ pub enum ApiError {
     MethodNotAllowed,
     /// 503: the store refuses writes (poisoned) or is closing.
     Unavailable(String),
+    /// 502: a region node the request depends on failed.
+    BadGateway(String),
+    /// 503 with `Retry-After`: try again shortly (e.g. a cutover outlasted the hold).
+    RetryLater {
+        message: String,
+        after_secs: u64,
+    },
     Internal(String),
 }
 
@@ -52,6 +63,10 @@ impl ApiError {
         match self {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
+            ApiError::RetryLater { .. } => (StatusCode::SERVICE_UNAVAILABLE, "retry_later"),
             ApiError::PreconditionFailed(_) => {
                 (StatusCode::PRECONDITION_FAILED, "precondition_failed")
             }
@@ -123,8 +138,30 @@ impl IntoResponse for ApiError {
                 epoch,
                 ..
             } => (message, owner, epoch),
+            ApiError::RetryLater {
+                message,
+                after_secs,
+            } => {
+                let body = ErrorBody {
+                    error: ErrorDetail {
+                        code: code.to_string(),
+                        message,
+                        owner: None,
+                        epoch: None,
+                    },
+                };
+                return (
+                    status,
+                    [(axum::http::header::RETRY_AFTER, after_secs.to_string())],
+                    Json(body),
+                )
+                    .into_response();
+            }
             ApiError::BadRequest { message, .. }
             | ApiError::NotFound(message)
+            | ApiError::Unauthorized(message)
+            | ApiError::Forbidden(message)
+            | ApiError::BadGateway(message)
             | ApiError::PreconditionFailed(message)
             | ApiError::Conflict(message)
             | ApiError::ResidencyViolation(message)

@@ -1,0 +1,105 @@
+//! The control plane's routing table: fetch it, and watch it by long poll.
+
+use crate::{ClientError, check};
+use domicile_wire::api::RoutingTable;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct ControlClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// How long one watch request waits at the control plane before it answers "no change".
+pub const WATCH_WAIT: Duration = Duration::from_secs(20);
+
+impl ControlClient {
+    pub fn new(base: impl Into<String>, http: reqwest::Client) -> Self {
+        Self {
+            base: base.into().trim_end_matches('/').to_string(),
+            http,
+        }
+    }
+
+    /// The table if it is newer than `after`, waiting up to `wait` for a change; `None` if none came.
+    pub async fn table(
+        &self,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Option<RoutingTable>, ClientError> {
+        let url = format!(
+            "{}/internal/table?after={after}&wait_ms={}",
+            self.base,
+            wait.as_millis()
+        );
+        let transport = |source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        };
+        let response = self
+            .http
+            .get(&url)
+            .timeout(wait + Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(transport)?;
+        if response.status() == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
+        let response = check(&url, response).await?;
+        let table = response
+            .json::<RoutingTable>()
+            .await
+            .map_err(|e| ClientError::Body {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Some(table))
+    }
+
+    /// The current table, now.
+    pub async fn current(&self) -> Result<RoutingTable, ClientError> {
+        match self.table(0, Duration::ZERO).await? {
+            Some(t) => Ok(t),
+            None => Err(ClientError::Body {
+                url: self.base.clone(),
+                message: "no routing table".into(),
+            }),
+        }
+    }
+
+    /// Keeps `tx` at the newest table until every receiver is gone. Errors are logged and retried
+    /// with backoff (1 s doubling to 10 s): a control plane that is down only delays changes.
+    /// Others may update `tx` too (a refresh after a 421): only newer tables replace older ones.
+    pub async fn watch(self, tx: std::sync::Arc<watch::Sender<std::sync::Arc<RoutingTable>>>) {
+        let mut backoff = Duration::from_secs(1);
+        while !tx.is_closed() {
+            let after = tx.borrow().version;
+            match self.table(after, WATCH_WAIT).await {
+                Ok(Some(table)) => {
+                    tracing::debug!(version = table.version, "routing table updated");
+                    publish(&tx, table);
+                    backoff = Duration::from_secs(1);
+                }
+                Ok(None) => backoff = Duration::from_secs(1),
+                Err(e) => {
+                    tracing::warn!(error = %e, "routing table watch failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}
+
+/// Replaces the table in `tx` if `table` is newer; returns whether it did.
+pub fn publish(tx: &watch::Sender<std::sync::Arc<RoutingTable>>, table: RoutingTable) -> bool {
+    tx.send_if_modified(|current| {
+        let newer = table.version > current.version;
+        if newer {
+            *current = std::sync::Arc::new(table.clone());
+        }
+        newer
+    })
+}

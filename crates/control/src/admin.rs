@@ -1,0 +1,180 @@
+//! The admin API (`/admin`): regions, policy and placement, behind the admin credential
+//! (`Authorization: Bearer <token>`).
+
+use crate::placement_change::{PlacementRequest, change};
+use crate::state::ControlState;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::IntoResponse;
+use domicile_core::{Market, Placement, Policy, RegionId};
+use domicile_http::{ApiError, request};
+use domicile_wire::api::{RegionEndpoint, RoutingTable};
+use serde::Deserialize;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// Refuses a request without the admin credential (401), comparing in constant time.
+pub fn authorize(state: &ControlState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::Unauthorized(
+                "the admin API needs `Authorization: Bearer <admin token>`".into(),
+            )
+        })?;
+    if presented
+        .as_bytes()
+        .ct_eq(state.admin_token.as_bytes())
+        .into()
+    {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized(
+            "the admin token is not valid".into(),
+        ))
+    }
+}
+
+pub async fn table(
+    State(state): State<Arc<ControlState>>,
+    headers: HeaderMap,
+) -> Result<Json<RoutingTable>, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(state.table().as_ref().clone()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionBody {
+    jurisdiction: Market,
+    url: String,
+}
+
+/// `PUT /admin/regions/{id}` `{"jurisdiction","url"}`: adds a region or moves its endpoint.
+pub async fn put_region(
+    State(state): State<Arc<ControlState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<RoutingTable>, ApiError> {
+    authorize(&state, &headers)?;
+    let id = RegionId::new(id).map_err(|e| ApiError::bad("invalid_id", e.to_string()))?;
+    let body: RegionBody = request::json(&request::body(body, 64 << 10).await?)?;
+    if !(body.url.starts_with("http://") || body.url.starts_with("https://")) {
+        return Err(ApiError::bad(
+            "invalid_url",
+            "url must start with http:// or https://",
+        ));
+    }
+    let _one_at_a_time = state.changes.lock().await;
+    let mut next = state.table().as_ref().clone();
+    match next.regions.iter_mut().find(|r| r.id == id) {
+        Some(r) if r.jurisdiction != body.jurisdiction => {
+            return Err(ApiError::Conflict(format!(
+                "region {id} is in {}; a region's jurisdiction cannot change",
+                r.jurisdiction
+            )));
+        }
+        Some(r) => r.url = body.url,
+        None => next.regions.push(RegionEndpoint {
+            id,
+            jurisdiction: body.jurisdiction,
+            url: body.url,
+        }),
+    }
+    Ok(Json(state.commit(next).await?.as_ref().clone()))
+}
+
+pub async fn get_policy(
+    State(state): State<Arc<ControlState>>,
+    headers: HeaderMap,
+) -> Result<Json<Policy>, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(state.table().policy.clone()))
+}
+
+/// `PUT /admin/policy`: a new policy version. Refused if the current placement breaks it.
+pub async fn put_policy(
+    State(state): State<Arc<ControlState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Policy>, ApiError> {
+    authorize(&state, &headers)?;
+    let policy: Policy = request::json(&request::body(body, 1 << 20).await?)?;
+    policy
+        .validate()
+        .map_err(|m| ApiError::bad("invalid_policy", m))?;
+    let _one_at_a_time = state.changes.lock().await;
+    let mut next = state.table().as_ref().clone();
+    if policy.version <= next.policy.version {
+        return Err(ApiError::Conflict(format!(
+            "policy version {} is not newer than the current {}",
+            policy.version, next.policy.version
+        )));
+    }
+    for (market, m) in &policy.markets {
+        for region in m
+            .allowed
+            .iter()
+            .chain(m.services.values().flat_map(|s| &s.allowed))
+        {
+            if !next.regions.iter().any(|r| &r.id == region) {
+                return Err(ApiError::bad(
+                    "unknown_region",
+                    format!("policy.markets.{market} names unknown region {region}"),
+                ));
+            }
+        }
+    }
+    next.placement.check_policy(&policy).map_err(|v| {
+        ApiError::Conflict(format!(
+            "the current placement would break the new policy: {v}"
+        ))
+    })?;
+    next.policy = policy;
+    Ok(Json(state.commit(next).await?.policy.clone()))
+}
+
+pub async fn get_placement(
+    State(state): State<Arc<ControlState>>,
+    headers: HeaderMap,
+) -> Result<Json<Placement>, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(state.table().placement.clone()))
+}
+
+/// `POST /admin/placement` `{"service","market","buckets","region"}`: places a range in a region
+/// at a new epoch (ownership only; moving the data is the migration engine's job).
+pub async fn change_placement(
+    State(state): State<Arc<ControlState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<RoutingTable>, ApiError> {
+    authorize(&state, &headers)?;
+    let req: PlacementRequest = request::json(&request::body(body, 64 << 10).await?)?;
+    Ok(Json(change(&state, req).await?.as_ref().clone()))
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(state): State<Arc<ControlState>>) -> impl IntoResponse {
+    let table = state.table();
+    let changes = state
+        .admin_changes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let text = format!(
+        "# HELP domicile_control_table_version The routing table's version.\n# TYPE domicile_control_table_version gauge\ndomicile_control_table_version {}\n# HELP domicile_control_changes_total Committed admin changes.\n# TYPE domicile_control_changes_total counter\ndomicile_control_changes_total {changes}\n# HELP domicile_control_placement_ranges Placement ranges.\n# TYPE domicile_control_placement_ranges gauge\ndomicile_control_placement_ranges {}\n",
+        table.version,
+        table.placement.ranges().len()
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        text,
+    )
+}

@@ -1,0 +1,114 @@
+//! The control plane's state: the routing table, persisted in its store, with a version watch.
+
+use bytes::Bytes;
+use domicile_client::http_client;
+use domicile_core::{ClusterConfig, RegionId};
+use domicile_http::ApiError;
+use domicile_store::{RegionStore, StoreError};
+use domicile_wire::api::{RegionEndpoint, RoutingTable};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use tokio::sync::{Mutex, watch};
+
+const TABLE_META: &str = "routing-table";
+
+pub struct ControlState {
+    store: Arc<dyn RegionStore>,
+    table: watch::Sender<Arc<RoutingTable>>,
+    /// Admin changes run one at a time (each pushes to region nodes before it commits).
+    pub(crate) changes: Mutex<()>,
+    pub(crate) admin_token: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) admin_changes: AtomicU64,
+}
+
+impl ControlState {
+    /// Loads the persisted table, or builds version 1 from the cluster config, with the region
+    /// URLs given (regions listening on port 0 are only known once bound).
+    pub async fn open(
+        store: Arc<dyn RegionStore>,
+        cluster: &ClusterConfig,
+        urls: &BTreeMap<RegionId, String>,
+        admin_token: String,
+    ) -> Result<Self, StoreError> {
+        let table = match store.load_meta(TABLE_META).await? {
+            Some(bytes) => {
+                let mut table: RoutingTable = serde_json::from_slice(&bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("routing table: {e}")))?;
+                // Addresses change between runs (port 0); everything else is the persisted truth.
+                for region in &mut table.regions {
+                    if let Some(url) = urls.get(&region.id) {
+                        region.url.clone_from(url);
+                    }
+                }
+                table
+            }
+            None => RoutingTable {
+                version: 1,
+                buckets: cluster.buckets,
+                schema: cluster.schema.clone(),
+                policy: cluster.policy.clone(),
+                regions: cluster
+                    .regions
+                    .iter()
+                    .map(|r| RegionEndpoint {
+                        id: r.id.clone(),
+                        jurisdiction: r.jurisdiction,
+                        url: urls
+                            .get(&r.id)
+                            .cloned()
+                            .unwrap_or_else(|| format!("http://{}", r.listen)),
+                    })
+                    .collect(),
+                placement: cluster.placement.clone(),
+            },
+        };
+        persist(store.as_ref(), &table).await?;
+        let (tx, _) = watch::channel(Arc::new(table));
+        Ok(Self {
+            store,
+            table: tx,
+            changes: Mutex::new(()),
+            admin_token,
+            http: http_client(),
+            admin_changes: AtomicU64::new(0),
+        })
+    }
+
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.table.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<RoutingTable>> {
+        self.table.subscribe()
+    }
+
+    /// Persists `next` with the next version and publishes it to watchers.
+    pub(crate) async fn commit(
+        &self,
+        mut next: RoutingTable,
+    ) -> Result<Arc<RoutingTable>, ApiError> {
+        next.version = self.table().version + 1;
+        persist(self.store.as_ref(), &next).await?;
+        let next = Arc::new(next);
+        self.table.send_replace(next.clone());
+        self.admin_changes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(version = next.version, "routing table committed");
+        Ok(next)
+    }
+}
+
+async fn persist(store: &dyn RegionStore, table: &RoutingTable) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(table).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    store.store_meta(TABLE_META, Bytes::from(bytes)).await
+}
+
+/// A fresh random admin credential (256 bits, hex).
+pub fn new_admin_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

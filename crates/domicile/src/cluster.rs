@@ -1,0 +1,157 @@
+//! Starting every role in one process (`domicile up`, `domicile demo`): one region node per
+//! region (each with its own store folder and loopback listener), the control plane and the
+//! gateway — all real servers on real sockets, wired by the URLs they bound.
+
+use anyhow::{Context, Result};
+use domicile_control::ControlState;
+use domicile_core::{ClusterConfig, RegionId};
+use domicile_gateway::tokens::TokenIssuer;
+use domicile_gateway::{GatewayConfig, GatewayState};
+use domicile_region::BoundNode;
+use domicile_store::{EmbeddedOptions, EmbeddedStore};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Where everything of a running cluster answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoints {
+    pub gateway: String,
+    pub control: String,
+    pub regions: BTreeMap<RegionId, String>,
+    /// The file holding the admin credential (`Authorization: Bearer <contents>` on `/admin`).
+    pub admin_token_file: PathBuf,
+}
+
+pub struct Cluster {
+    pub endpoints: Endpoints,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<Result<()>>,
+}
+
+/// Reads a secret file, or creates it (0600) with `make()`.
+pub fn secret_file(path: &Path, make: impl FnOnce() -> String) -> Result<String> {
+    if path.exists() {
+        return Ok(std::fs::read_to_string(path)
+            .with_context(|| format!("read {}", path.display()))?
+            .trim()
+            .to_string());
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let value = make();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    f.write_all(value.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(value)
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+impl Cluster {
+    /// Starts everything under `data_dir` (store paths in the config are taken relative to it).
+    pub async fn start(
+        config: &ClusterConfig,
+        data_dir: &Path,
+        gateway_listen: &str,
+    ) -> Result<Cluster> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("create {}", data_dir.display()))?;
+        let (stop, _) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+
+        // Region nodes first: their bound addresses go into the routing table.
+        let mut bound = Vec::new();
+        let mut urls = BTreeMap::new();
+        for region in &config.regions {
+            let state = domicile_region::open(config, &region.id, data_dir)
+                .await
+                .with_context(|| format!("open region {}", region.id))?;
+            let node = BoundNode::bind(state, "127.0.0.1:0").await?;
+            urls.insert(region.id.clone(), format!("http://{}", node.local_addr()?));
+            bound.push(node);
+        }
+
+        let control_dir = data_dir.join("control");
+        std::fs::create_dir_all(&control_dir)?;
+        let control_store = EmbeddedStore::open(&control_dir, EmbeddedOptions::default())
+            .context("open the control plane's store")?;
+        let admin_token_file = data_dir.join("admin.token");
+        let admin_token = secret_file(&admin_token_file, domicile_control::state::new_admin_token)?;
+        let control = Arc::new(
+            ControlState::open(Arc::new(control_store), config, &urls, admin_token.clone()).await?,
+        );
+        let (listener, control_addr) = domicile_control::bind("127.0.0.1:0").await?;
+        let control_url = format!("http://{control_addr}");
+        let rx = stop.subscribe();
+        tasks.spawn(async move {
+            domicile_control::serve(listener, control, stopped(rx))
+                .await
+                .context("control plane")
+        });
+
+        for node in bound {
+            let state = node.state();
+            let client = domicile_client::control::ControlClient::new(
+                control_url.clone(),
+                domicile_client::http_client(),
+            );
+            let follower = tokio::spawn(domicile_region::follow_policy(state, client));
+            let rx = stop.subscribe();
+            tasks.spawn(async move {
+                let result = node.serve(stopped(rx)).await;
+                follower.abort();
+                result.context("region node")
+            });
+        }
+
+        let tokens = TokenIssuer::load_or_create(
+            &data_dir.join("gateway.key"),
+            Duration::from_secs(24 * 3600),
+        )?;
+        let gateway = GatewayState::start(&control_url, tokens, GatewayConfig::default()).await?;
+        let listener = tokio::net::TcpListener::bind(gateway_listen)
+            .await
+            .with_context(|| format!("listen on {gateway_listen}"))?;
+        let gateway_url = format!("http://{}", listener.local_addr()?);
+        let rx = stop.subscribe();
+        tasks.spawn(async move {
+            axum::serve(listener, domicile_gateway::router(gateway))
+                .with_graceful_shutdown(stopped(rx))
+                .await
+                .context("gateway")
+        });
+
+        Ok(Cluster {
+            endpoints: Endpoints {
+                gateway: gateway_url,
+                control: control_url,
+                regions: urls,
+                admin_token_file,
+            },
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops every server (in-flight requests finish) and waits for them.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.stop.send_replace(true);
+        while let Some(done) = self.tasks.join_next().await {
+            done??;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,135 @@
+//! The gateway's state: token issuer, the routing table (kept fresh by a watch), the pooled
+//! HTTP/2 client to region nodes, and its metrics.
+
+use crate::tokens::TokenIssuer;
+use domicile_client::control::ControlClient;
+use domicile_wire::api::RoutingTable;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// How long a call is held while its range is being cut over before 503.
+    pub hold: Duration,
+    /// Largest record body buffered (so that it can be retried after a 421).
+    pub max_record_bytes: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            hold: Duration::from_secs(2),
+            max_record_bytes: 1 << 20,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub method: String,
+    pub status: u16,
+}
+
+pub struct GatewayMetrics {
+    pub registry: Registry,
+    pub calls: Family<CallLabels, Counter>,
+    pub latency: Histogram,
+    pub retries: Counter,
+    pub holds: Counter,
+}
+
+impl GatewayMetrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("domicile_gateway");
+        let calls = Family::<CallLabels, Counter>::default();
+        let latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
+        let (retries, holds) = (Counter::default(), Counter::default());
+        registry.register("calls", "Calls by method and status", calls.clone());
+        registry.register(
+            "call_seconds",
+            "Call latency through the gateway",
+            latency.clone(),
+        );
+        registry.register("retries", "Calls re-routed after a 421", retries.clone());
+        registry.register("holds", "Calls held during a cutover", holds.clone());
+        Self {
+            registry,
+            calls,
+            latency,
+            retries,
+            holds,
+        }
+    }
+}
+
+pub struct GatewayState {
+    pub tokens: TokenIssuer,
+    pub config: GatewayConfig,
+    pub(crate) table: watch::Receiver<Arc<RoutingTable>>,
+    table_tx: Arc<watch::Sender<Arc<RoutingTable>>>,
+    control: ControlClient,
+    pub(crate) http: reqwest::Client,
+    pub metrics: GatewayMetrics,
+}
+
+impl GatewayState {
+    /// Fetches the table once, then keeps it fresh with a watch on the control plane.
+    pub async fn start(
+        control_url: &str,
+        tokens: TokenIssuer,
+        config: GatewayConfig,
+    ) -> Result<Arc<Self>, domicile_client::ClientError> {
+        let control = ControlClient::new(control_url, domicile_client::http_client());
+        let table = control.current().await?;
+        let (tx, rx) = watch::channel(Arc::new(table));
+        let tx = Arc::new(tx);
+        tokio::spawn(control.clone().watch(tx.clone()));
+        // Region nodes speak HTTP/2 over cleartext on loopback (h2c, prior knowledge); one
+        // pooled connection per node multiplexes every call.
+        let http = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Ok(Arc::new(Self {
+            tokens,
+            config,
+            table: rx,
+            table_tx: tx,
+            control,
+            http,
+            metrics: GatewayMetrics::new(),
+        }))
+    }
+
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.table.borrow().clone()
+    }
+
+    /// Asks the control plane for a newer table now (after a 421); true if one arrived.
+    pub(crate) async fn refresh(&self) -> bool {
+        let version = self.table().version;
+        match self.control.table(version, Duration::ZERO).await {
+            Ok(Some(table)) => domicile_client::control::publish(&self.table_tx, table),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "routing table refresh failed");
+                false
+            }
+        }
+    }
+
+    /// Waits until the table changes or `until` passes.
+    pub(crate) async fn table_change(&self, until: tokio::time::Instant) {
+        let mut rx = self.table.clone();
+        rx.mark_unchanged();
+        let _ = tokio::time::timeout_at(until, rx.changed()).await;
+    }
+}
