@@ -21,6 +21,8 @@ pub struct ControlState {
     pub(crate) admin_token: String,
     pub(crate) http: reqwest::Client,
     pub(crate) admin_changes: AtomicU64,
+    /// Set when the control plane stops: long polls answer at once instead of holding it open.
+    closing: watch::Sender<bool>,
 }
 
 impl ControlState {
@@ -73,11 +75,22 @@ impl ControlState {
             admin_token,
             http: http_client(),
             admin_changes: AtomicU64::new(0),
+            closing: watch::channel(false).0,
         })
     }
 
     pub fn table(&self) -> Arc<RoutingTable> {
         self.table.borrow().clone()
+    }
+
+    /// Ends every long poll now (before a graceful shutdown, which would wait for them).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    pub(crate) async fn closed(&self) {
+        let mut rx = self.closing.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<RoutingTable>> {

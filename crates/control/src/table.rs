@@ -30,10 +30,13 @@ pub async fn watch(
     let q = request::query(query)?;
     let mut rx = state.subscribe();
     let wait = Duration::from_millis(q.wait_ms).min(MAX_WAIT);
-    let newer = tokio::time::timeout(wait, rx.wait_for(|t| t.version > q.after)).await;
+    let newer = tokio::select! {
+        newer = tokio::time::timeout(wait, rx.wait_for(|t| t.version > q.after)) => newer.ok().and_then(Result::ok).map(|t| t.clone()),
+        () = state.closed() => None,
+    };
     match newer {
-        Ok(Ok(table)) => Ok(Json(table.as_ref().clone()).into_response()),
-        _ => {
+        Some(table) => Ok(Json(table.as_ref().clone()).into_response()),
+        None => {
             let table = state.table();
             if table.version > q.after {
                 Ok(Json(table.as_ref().clone()).into_response())

@@ -29,6 +29,7 @@ pub struct Endpoints {
 
 pub struct Cluster {
     pub endpoints: Endpoints,
+    control: Arc<ControlState>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<Result<()>>,
 }
@@ -96,8 +97,9 @@ impl Cluster {
         let (listener, control_addr) = domicile_control::bind("127.0.0.1:0").await?;
         let control_url = format!("http://{control_addr}");
         let rx = stop.subscribe();
+        let served = control.clone();
         tasks.spawn(async move {
-            domicile_control::serve(listener, control, stopped(rx))
+            domicile_control::serve(listener, served, stopped(rx))
                 .await
                 .context("control plane")
         });
@@ -141,6 +143,7 @@ impl Cluster {
                 regions: urls,
                 admin_token_file,
             },
+            control,
             stop,
             tasks,
         })
@@ -148,6 +151,7 @@ impl Cluster {
 
     /// Stops every server (in-flight requests finish) and waits for them.
     pub async fn shutdown(mut self) -> Result<()> {
+        self.control.close();
         self.stop.send_replace(true);
         while let Some(done) = self.tasks.join_next().await {
             done??;

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cluster;
+mod demo;
 mod latency;
 mod region;
 mod up;
@@ -30,6 +31,8 @@ struct Cli {
 enum Command {
     /// Run a region node: one region's store behind the public and internal APIs.
     Region(region::RegionArgs),
+    /// The reference scenario end to end on a fresh temporary data dir, with a report.
+    Demo(demo::DemoArgs),
     /// Run the whole cluster in one process: control plane, gateway and a region node per region.
     Up(up::UpArgs),
     /// The latency model: where each market's data would be fastest.
@@ -40,10 +43,9 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // The engine logs every flush and compaction at info; keep ours readable.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -52,7 +54,12 @@ fn init_tracing() {
 
 fn main() {
     let cli = Cli::parse();
-    init_tracing();
+    // The engine logs every flush and compaction at info; keep ours readable. The demo and the
+    // benchmarks print reports: only warnings interleave with them.
+    init_tracing(match cli.command {
+        Command::Demo(_) | Command::Bench(_) | Command::Latency(_) => "warn",
+        _ => "info,fjall=warn,lsm_tree=warn",
+    });
     let result: Result<()> = (|| {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -61,6 +68,7 @@ fn main() {
             match cli.command {
                 Command::Region(args) => region::run(args).await,
                 Command::Up(args) => up::run(args).await,
+                Command::Demo(args) => demo::run(args).await,
                 Command::Latency(cmd) => latency::run(cmd).await,
                 Command::Bench(cmd) => bench::run(cmd).await,
             }

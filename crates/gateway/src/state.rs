@@ -76,6 +76,14 @@ pub struct GatewayState {
     control: ControlClient,
     pub(crate) http: reqwest::Client,
     pub metrics: GatewayMetrics,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GatewayState {
+    fn drop(&mut self) {
+        // The watch would otherwise outlive the gateway, polling a control plane that is gone.
+        self.watcher.abort();
+    }
 }
 
 impl GatewayState {
@@ -89,7 +97,7 @@ impl GatewayState {
         let table = control.current().await?;
         let (tx, rx) = watch::channel(Arc::new(table));
         let tx = Arc::new(tx);
-        tokio::spawn(control.clone().watch(tx.clone()));
+        let watcher = tokio::spawn(control.clone().watch(tx.clone()));
         // Region nodes speak HTTP/2 over cleartext on loopback (h2c, prior knowledge); one
         // pooled connection per node multiplexes every call.
         let http = reqwest::Client::builder()
@@ -106,6 +114,7 @@ impl GatewayState {
             control,
             http,
             metrics: GatewayMetrics::new(),
+            watcher,
         }))
     }
 
