@@ -6,6 +6,7 @@ mod cluster;
 mod demo;
 mod latency;
 mod region;
+mod roles;
 mod up;
 
 use anyhow::Result;
@@ -33,6 +34,10 @@ enum Command {
     Region(region::RegionArgs),
     /// The reference scenario end to end on a fresh temporary data dir, with a report.
     Demo(demo::DemoArgs),
+    /// Run the control plane: regions, policy, placement and epochs, and the admin API.
+    Control(roles::ControlArgs),
+    /// Run a gateway: sign-up, authentication and routing to the owning region.
+    Gateway(roles::GatewayArgs),
     /// Run the whole cluster in one process: control plane, gateway and a region node per region.
     Up(up::UpArgs),
     /// The latency model: where each market's data would be fastest.
@@ -68,6 +73,8 @@ fn main() {
             match cli.command {
                 Command::Region(args) => region::run(args).await,
                 Command::Up(args) => up::run(args).await,
+                Command::Control(args) => roles::control(args).await,
+                Command::Gateway(args) => roles::gateway(args).await,
                 Command::Demo(args) => demo::run(args).await,
                 Command::Latency(cmd) => latency::run(cmd).await,
                 Command::Bench(cmd) => bench::run(cmd).await,

@@ -17,6 +17,9 @@ pub struct RegionArgs {
     /// Listen address, overriding the region's `listen` (port 0 picks a free port).
     #[arg(long)]
     listen: Option<String>,
+    /// The control plane's URL: the node then follows its policy versions.
+    #[arg(long)]
+    control: Option<String>,
     /// Once serving, also write `{"region","url"}` as JSON to this file (it is always printed
     /// as one line on stdout).
     #[arg(long)]
@@ -55,7 +58,15 @@ pub async fn run(args: RegionArgs) -> Result<()> {
     }
     println!("{ready}");
     tracing::info!(%region, %url, "ready");
+    let follower = args.control.clone().map(|control| {
+        let client =
+            domicile_client::control::ControlClient::new(control, domicile_client::http_client());
+        tokio::spawn(domicile_region::follow_policy(node.state(), client))
+    });
     node.serve(shutdown_signal()).await?;
+    if let Some(f) = follower {
+        f.abort();
+    }
     tracing::info!(%region, "stopped");
     Ok(())
 }

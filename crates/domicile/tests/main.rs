@@ -1,4 +1,5 @@
 //! End-to-end tests of the `domicile` binary: real processes on loopback, ports chosen by the OS.
 
 mod cli;
+mod cluster_processes;
 mod region_process;

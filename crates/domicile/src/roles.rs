@@ -1,0 +1,100 @@
+//! `domicile control` and `domicile gateway`: the control plane and the gateway as processes.
+
+use crate::cluster::secret_file;
+use crate::region::{load_config, shutdown_signal};
+use anyhow::{Context, Result};
+use clap::Args;
+use domicile_control::ControlState;
+use domicile_gateway::tokens::TokenIssuer;
+use domicile_gateway::{GatewayConfig, GatewayState};
+use domicile_store::{EmbeddedOptions, EmbeddedStore};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct ControlArgs {
+    /// The cluster config: regions (with their `listen` addresses as URLs), policy, placement.
+    #[arg(long)]
+    config: PathBuf,
+    /// The control plane's own store.
+    #[arg(long, default_value = "domicile-data/control")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:7300")]
+    listen: String,
+    /// The admin credential's file (created with a random token if missing).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+}
+
+pub async fn control(args: ControlArgs) -> Result<()> {
+    let (config, _) = load_config(&args.config)?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("create {}", args.data_dir.display()))?;
+    let token_file = args
+        .admin_token_file
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("admin.token"));
+    let token = secret_file(&token_file, domicile_control::state::new_admin_token)?;
+    let store = EmbeddedStore::open(&args.data_dir.join("store"), EmbeddedOptions::default())
+        .context("open the control plane's store")?;
+    let state =
+        Arc::new(ControlState::open(Arc::new(store), &config, &BTreeMap::new(), token).await?);
+    let (listener, addr) = domicile_control::bind(&args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    let ready =
+        serde_json::json!({ "control": format!("http://{addr}"), "admin_token_file": token_file });
+    println!("{ready}");
+    tracing::info!(%addr, "control plane serving");
+    let closing = state.clone();
+    domicile_control::serve(listener, state, async move {
+        shutdown_signal().await;
+        closing.close();
+    })
+    .await?;
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct GatewayArgs {
+    /// The control plane's URL (the routing table is watched from there).
+    #[arg(long)]
+    control: String,
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: String,
+    /// The token signing key's file (created if missing; keep it to keep tokens valid).
+    #[arg(long, default_value = "domicile-data/gateway.key")]
+    key_file: PathBuf,
+    /// Milliseconds a call is held while its range is cut over, before 503.
+    #[arg(long, default_value_t = 2000)]
+    hold_ms: u64,
+}
+
+pub async fn gateway(args: GatewayArgs) -> Result<()> {
+    if let Some(parent) = args.key_file.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
+    let tokens = TokenIssuer::load_or_create(&args.key_file, Duration::from_secs(24 * 3600))?;
+    let config = GatewayConfig {
+        hold: Duration::from_millis(args.hold_ms),
+        ..GatewayConfig::default()
+    };
+    let state = GatewayState::start(&args.control, tokens, config)
+        .await
+        .context("fetch the routing table")?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "{}",
+        serde_json::json!({ "gateway": format!("http://{addr}") })
+    );
+    tracing::info!(%addr, "gateway serving");
+    axum::serve(listener, domicile_gateway::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,453 @@
+//! The cluster as separate processes on loopback: control plane, gateway and two region nodes.
+//! Sign-up, reads and writes through the gateway, refusals, an admin placement change, a
+//! forbidden one, bad input at every endpoint, and a region node killed and restarted under
+//! load without losing an acknowledged write.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+struct Process {
+    child: Child,
+    ready: Value,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `domicile ARGS` and waits for the one JSON line it prints when it serves.
+fn spawn(args: &[&str]) -> Process {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_domicile"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start domicile");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ready line");
+    let ready = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{args:?}: {e}: {line:?}"));
+    Process { child, ready }
+}
+
+fn url(p: &Process, field: &str) -> String {
+    p.ready[field]
+        .as_str()
+        .expect("url in the ready line")
+        .to_string()
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    control: Process,
+    regions: Vec<(String, Process)>,
+    gateway: Process,
+    admin: String,
+    http: reqwest::Client,
+}
+
+fn start_region(config: &Path, region: &str, control: &str) -> Process {
+    spawn(&[
+        "region",
+        "--config",
+        &config.display().to_string(),
+        "--region",
+        region,
+        "--listen",
+        "127.0.0.1:0",
+        "--control",
+        control,
+    ])
+}
+
+/// Tells the control plane where a region listens (ports are picked by the OS).
+async fn register(http: &reqwest::Client, control: &str, admin: &str, id: &str, p: &Process) {
+    let jurisdiction = if id == "cn-beijing" { "CN" } else { "US" };
+    let r = http
+        .put(format!("{control}/admin/regions/{id}"))
+        .bearer_auth(admin)
+        .json(&json!({ "jurisdiction": jurisdiction, "url": url(p, "url") }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{:?}", r.text().await);
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("cluster.toml");
+        std::fs::write(&config, domicile_core::reference::CLUSTER_TOML).unwrap();
+        let c = config.display().to_string();
+        let control_dir = dir.path().join("control").display().to_string();
+        let control = spawn(&[
+            "control",
+            "--config",
+            &c,
+            "--data-dir",
+            &control_dir,
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        let control_url = url(&control, "control");
+        let admin =
+            std::fs::read_to_string(control.ready["admin_token_file"].as_str().unwrap()).unwrap();
+        let http = reqwest::Client::new();
+        let mut regions = Vec::new();
+        for region in ["cn-beijing", "us-west"] {
+            let p = start_region(&config, region, &control_url);
+            regions.push((region.to_string(), p));
+        }
+        for (id, p) in &regions {
+            register(&http, &control_url, &admin, id, p).await;
+        }
+        let key = dir.path().join("gateway.key").display().to_string();
+        let gateway = spawn(&[
+            "gateway",
+            "--control",
+            &control_url,
+            "--listen",
+            "127.0.0.1:0",
+            "--key-file",
+            &key,
+        ]);
+        Cluster {
+            _dir: dir,
+            config,
+            control,
+            regions,
+            gateway,
+            admin,
+            http,
+        }
+    }
+
+    async fn register(&self, i: usize) {
+        let (id, p) = &self.regions[i];
+        register(
+            &self.http,
+            &url(&self.control, "control"),
+            &self.admin,
+            id,
+            p,
+        )
+        .await;
+    }
+
+    fn gw(&self) -> String {
+        url(&self.gateway, "gateway")
+    }
+
+    async fn signup(&self, market: &str) -> (String, String) {
+        let r = self
+            .http
+            .post(format!("{}/v1/signup", self.gw()))
+            .json(&json!({ "market": market }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = r.json().await.unwrap();
+        (
+            v["user"].as_str().unwrap().to_string(),
+            v["token"].as_str().unwrap().to_string(),
+        )
+    }
+
+    async fn admin_post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", url(&self.control, "control")))
+            .bearer_auth(&self.admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn lsn(&self, i: usize) -> u64 {
+        let v: Value = self
+            .http
+            .get(format!(
+                "{}/internal/status",
+                url(&self.regions[i].1, "url")
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["last_lsn"].as_u64().unwrap()
+    }
+}
+
+async fn assert_error(r: reqwest::Response, status: StatusCode, code: &str) {
+    assert_eq!(r.status(), status);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], code, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_serves_refuses_and_reroutes_across_processes() {
+    let c = Cluster::start().await;
+    let (user, token) = c.signup("IN").await;
+    let record = format!("{}/v1/users/{user}/orders/o-1", c.gw());
+    let put = c
+        .http
+        .put(&record)
+        .bearer_auth(&token)
+        .body("two phones")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    let get = c
+        .http
+        .get(&record)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.text().await.unwrap(), "two phones");
+
+    // Refusals: another user's data, no token, a forged token.
+    let (_, other_token) = c.signup("IN").await;
+    assert_error(
+        c.http
+            .get(&record)
+            .bearer_auth(&other_token)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    assert_error(
+        c.http.get(&record).send().await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    assert_error(
+        c.http
+            .get(&record)
+            .bearer_auth(&forged)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+
+    // Bad input at every endpoint: clear JSON errors, nothing written anywhere.
+    let lsns = (c.lsn(0).await, c.lsn(1).await);
+    let signup = format!("{}/v1/signup", c.gw());
+    assert_error(
+        c.http
+            .post(&signup)
+            .json(&json!({ "market": "XX" }))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_market",
+    )
+    .await;
+    assert_error(
+        c.http
+            .post(&signup)
+            .json(&json!({ "market": "FR" }))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "unknown_market",
+    )
+    .await;
+    assert_error(
+        c.http.post(&signup).body("{").send().await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "malformed_body",
+    )
+    .await;
+    let big = vec![b'x'; (1 << 20) + 1];
+    assert_error(
+        c.http
+            .put(&record)
+            .bearer_auth(&token)
+            .body(big)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+    )
+    .await;
+    let unknown = format!("{}/v1/users/{user}/games/g-1", c.gw());
+    assert_error(
+        c.http
+            .put(&unknown)
+            .bearer_auth(&token)
+            .body("x")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        c.admin_post("/admin/placement", json!({ "service": "ecommerce" }))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "malformed_body",
+    )
+    .await;
+    let no_admin = c
+        .http
+        .post(format!("{}/admin/placement", url(&c.control, "control")))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(no_admin, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    assert_eq!((c.lsn(0).await, c.lsn(1).await), lsns);
+
+    // A placement the policy forbids is refused with the rule it breaks.
+    let forbidden = c.admin_post("/admin/placement", json!({ "service": "account", "market": "CN", "buckets": "0-1023", "region": "us-west" })).await;
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+    let v: Value = forbidden.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "residency_violation");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("markets.CN.allowed"),
+        "{v}"
+    );
+
+    // An admin placement change: IN's shop moves to us-west at epoch 2. The old owner now
+    // answers 421 naming the new one; the gateway re-routes transparently.
+    let moved = c.admin_post("/admin/placement", json!({ "service": "ecommerce", "market": "IN", "buckets": "0-1023", "region": "us-west" })).await;
+    assert_eq!(moved.status(), StatusCode::OK, "{:?}", moved.text().await);
+    let old = c
+        .http
+        .get(format!(
+            "{}/v1/users/{user}/orders/o-1",
+            url(&c.regions[0].1, "url")
+        ))
+        .header("x-domicile-market", "IN")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), StatusCode::MISDIRECTED_REQUEST);
+    let v: Value = old.json().await.unwrap();
+    assert_eq!(
+        (v["error"]["owner"].as_str(), v["error"]["epoch"].as_u64()),
+        (Some("us-west"), Some(2))
+    );
+    let put = c
+        .http
+        .put(format!("{}/v1/users/{user}/orders/o-2", c.gw()))
+        .bearer_auth(&token)
+        .body("case")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    let direct = c
+        .http
+        .get(format!(
+            "{}/v1/users/{user}/orders/o-2",
+            url(&c.regions[1].1, "url")
+        ))
+        .header("x-domicile-market", "IN")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        direct.text().await.unwrap(),
+        "case",
+        "the write landed in us-west"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_restarted_under_load_loses_no_acknowledged_write() {
+    let mut c = Cluster::start().await;
+    let (user, token) = c.signup("CN").await;
+    let base = format!("{}/v1/users/{user}/orders", c.gw());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (http, base, token, stop) =
+                (c.http.clone(), base.clone(), token.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("w{w}-{i:05}");
+                    let r = http
+                        .put(format!("{base}/{key}"))
+                        .bearer_auth(&token)
+                        .body(key.clone())
+                        .send()
+                        .await;
+                    if matches!(&r, Ok(r) if r.status() == StatusCode::OK) {
+                        acknowledged.push(key);
+                    }
+                    i += 1;
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    // Let the writers get going: wait until the node has logged a few hundred writes.
+    while c.lsn(0).await < 200 {
+        tokio::task::yield_now().await;
+    }
+    // SIGKILL cn-beijing mid-load, restart it on the same store, tell the control plane.
+    let control_url = url(&c.control, "control");
+    drop(c.regions.remove(0));
+    let restarted = start_region(&c.config, "cn-beijing", &control_url);
+    c.regions.insert(0, ("cn-beijing".into(), restarted));
+    c.register(0).await;
+    let resumed = c.lsn(0).await;
+    while c.lsn(0).await < resumed + 100 {
+        tokio::task::yield_now().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for w in writers {
+        acknowledged.extend(w.await.unwrap());
+    }
+    assert!(
+        acknowledged.len() > 300,
+        "{} writes acknowledged",
+        acknowledged.len()
+    );
+    for key in &acknowledged {
+        let r = c
+            .http
+            .get(format!("{base}/{key}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "acknowledged write {key} lost");
+        assert_eq!(r.text().await.unwrap(), *key);
+    }
+}
