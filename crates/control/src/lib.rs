@@ -55,7 +55,5 @@ pub async fn serve(
     state: Arc<ControlState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    domicile_http::serve(listener, router(state), shutdown).await
 }

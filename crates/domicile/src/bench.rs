@@ -9,6 +9,21 @@ use std::path::PathBuf;
 pub enum BenchCommand {
     /// The region store against the bare engine: durable writes, import, scan, point reads, RSS.
     Store(StoreArgs),
+    /// Reads through the gateway against reads sent straight to the region node, same run.
+    Gateway(GatewayArgs),
+}
+
+#[derive(Args)]
+pub struct GatewayArgs {
+    /// Print only the JSON report.
+    #[arg(long)]
+    json: bool,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Seconds per measurement (each path is measured twice, alternating).
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
 }
 
 #[derive(Args)]
@@ -33,6 +48,7 @@ pub struct StoreArgs {
 
 pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
+        BenchCommand::Gateway(args) => gateway(args).await,
         BenchCommand::Store(args) => {
             anyhow::ensure!(args.records > 0, "--records must be at least 1");
             anyhow::ensure!(args.writers > 0, "--writers must be at least 1");
@@ -56,4 +72,111 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// One user's record read through the gateway and straight from its region node, alternating
+/// (direct, gateway, direct, gateway) so that drift in the machine's load hits both.
+async fn gateway(args: GatewayArgs) -> Result<()> {
+    use domicile_bench::load::{LoadResult, closed_loop};
+    anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
+    anyhow::ensure!(args.seconds > 0.0, "--seconds must be positive");
+    let dir = tempfile::Builder::new()
+        .prefix("domicile-bench-gw-")
+        .tempdir()?;
+    let cluster = crate::cluster::Cluster::start(
+        &domicile_core::reference::cluster_config(),
+        dir.path(),
+        "127.0.0.1:0",
+    )
+    .await?;
+    let e = cluster.endpoints.clone();
+    let http = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(args.clients * 2)
+        .build()?;
+    let signup: serde_json::Value = http
+        .post(format!("{}/v1/signup", e.gateway))
+        .json(&serde_json::json!({ "market": "CN" }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let (user, token) = (
+        signup["user"].as_str().context("sign-up user")?.to_string(),
+        signup["token"]
+            .as_str()
+            .context("sign-up token")?
+            .to_string(),
+    );
+    let path = format!("/v1/users/{user}/orders/o-1");
+    let put = http
+        .put(format!("{}{path}", e.gateway))
+        .bearer_auth(&token)
+        .body(vec![b'x'; 256])
+        .send()
+        .await?;
+    anyhow::ensure!(
+        put.status().is_success(),
+        "seed write failed: {}",
+        put.status()
+    );
+    let region = e
+        .regions
+        .get(&domicile_core::RegionId::new("cn-beijing")?)
+        .context("cn-beijing url")?
+        .clone();
+    let duration = std::time::Duration::from_secs_f64(args.seconds);
+    let (via_gateway, direct) = (format!("{}{path}", e.gateway), format!("{region}{path}"));
+    let mut results: Vec<(bool, LoadResult)> = Vec::new();
+    for round in 0..4 {
+        let through = round % 2 == 1;
+        let r = if through {
+            let (url, token) = (via_gateway.clone(), token.clone());
+            closed_loop(&http, args.clients, duration, move |h| {
+                h.get(&url).bearer_auth(&token)
+            })
+            .await
+        } else {
+            let url = direct.clone();
+            closed_loop(&http, args.clients, duration, move |h| {
+                h.get(&url).header("x-domicile-market", "CN")
+            })
+            .await
+        };
+        if !args.json {
+            eprintln!("{} {:?}", if through { "gateway" } else { "direct " }, r);
+        }
+        results.push((through, r));
+    }
+    cluster.shutdown().await?;
+    let mean = |through: bool, f: fn(&LoadResult) -> f64| {
+        let v: Vec<f64> = results
+            .iter()
+            .filter(|(t, _)| *t == through)
+            .map(|(_, r)| f(r))
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    let (g_rps, d_rps) = (mean(true, |r| r.rps), mean(false, |r| r.rps));
+    let (g50, d50) = (mean(true, |r| r.p50_ms), mean(false, |r| r.p50_ms));
+    let (g99, d99) = (mean(true, |r| r.p99_ms), mean(false, |r| r.p99_ms));
+    let errors: u64 = results.iter().map(|(_, r)| r.errors).sum();
+    let report = serde_json::json!({
+        "clients": args.clients,
+        "seconds_per_run": args.seconds,
+        "gateway_rps": g_rps.round(),
+        "direct_rps": d_rps.round(),
+        "gateway_vs_direct": (g_rps / d_rps * 100.0).round() / 100.0,
+        "gateway_p50_ms": round3(g50),
+        "gateway_p99_ms": round3(g99),
+        "direct_p50_ms": round3(d50),
+        "direct_p99_ms": round3(d99),
+        "added_p50_ms": round3(g50 - d50),
+        "added_p99_ms": round3(g99 - d99),
+        "errors": errors,
+        "machine": domicile_bench::machine::Machine::current(),
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
 }

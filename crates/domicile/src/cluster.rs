@@ -130,8 +130,7 @@ impl Cluster {
         let gateway_url = format!("http://{}", listener.local_addr()?);
         let rx = stop.subscribe();
         tasks.spawn(async move {
-            axum::serve(listener, domicile_gateway::router(gateway))
-                .with_graceful_shutdown(stopped(rx))
+            domicile_http::serve(listener, domicile_gateway::router(gateway), stopped(rx))
                 .await
                 .context("gateway")
         });

@@ -93,8 +93,6 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
         serde_json::json!({ "gateway": format!("http://{addr}") })
     );
     tracing::info!(%addr, "gateway serving");
-    axum::serve(listener, domicile_gateway::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    domicile_http::serve(listener, domicile_gateway::router(state), shutdown_signal()).await?;
     Ok(())
 }

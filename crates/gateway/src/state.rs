@@ -101,7 +101,7 @@ impl GatewayState {
         // Region nodes speak HTTP/2 over cleartext on loopback (h2c, prior knowledge); one
         // pooled connection per node multiplexes every call.
         let http = reqwest::Client::builder()
-            .http2_prior_knowledge()
+            .pool_max_idle_per_host(1024)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .build()

@@ -6,5 +6,7 @@
 
 pub mod error;
 pub mod request;
+pub mod serve;
 
 pub use error::ApiError;
+pub use serve::serve;

@@ -158,8 +158,7 @@ impl BoundNode {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), NodeError> {
         tracing::info!(region = %self.state.region, addr = ?self.listener.local_addr().ok(), "region node serving");
-        axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(shutdown)
+        domicile_http::serve(self.listener, router(self.state), shutdown)
             .await
             .map_err(NodeError::Serve)
     }

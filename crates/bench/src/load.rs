@@ -1,0 +1,75 @@
+//! Closed-loop HTTP load: `clients` concurrent clients each sending the next request as soon as
+//! the previous one answered, for a fixed time; throughput and latency percentiles.
+
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadResult {
+    pub requests: u64,
+    pub errors: u64,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Runs `make(client)` in a loop from `clients` tasks for `duration`.
+pub async fn closed_loop<F>(
+    http: &reqwest::Client,
+    clients: usize,
+    duration: Duration,
+    make: F,
+) -> LoadResult
+where
+    F: Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync + 'static,
+{
+    let make = Arc::new(make);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (http, make) = (http.clone(), make.clone());
+            tokio::spawn(async move {
+                let (mut latencies, mut errors) = (Vec::new(), 0u64);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let ok = match make(&http).send().await {
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if ok {
+                        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        if all.is_empty() {
+            0.0
+        } else {
+            all[((q * all.len() as f64).ceil() as usize).clamp(1, all.len()) - 1]
+        }
+    };
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+    LoadResult {
+        requests: all.len() as u64 + errors,
+        errors,
+        rps: (all.len() as f64 / secs).round(),
+        p50_ms: round(pick(0.5)),
+        p99_ms: round(pick(0.99)),
+    }
+}
