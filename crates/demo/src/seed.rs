@@ -234,7 +234,8 @@ mod tests {
         let mut counts = std::collections::BTreeMap::new();
         for i in 0..10_000 {
             *counts
-                .entry(pick_market(&o, f64::from(i) / 10_000.0))
+                // Mid-bucket draws: none sits exactly on a (rounded) boundary.
+                .entry(pick_market(&o, (f64::from(i) + 0.5) / 10_000.0))
                 .or_insert(0) += 1;
         }
         assert_eq!(counts[&Market::new("CN").unwrap()], 4_000);
