@@ -1,7 +1,7 @@
 //! A region node's internal ownership endpoints, as the control plane calls them.
 
 use crate::{ClientError, check};
-use domicile_wire::api::{FenceResponse, RangeRequest};
+use domicile_wire::api::{FenceResponse, RangeRequest, UserOwnershipRequest};
 
 #[derive(Debug, Clone)]
 pub struct RegionClient {
@@ -20,7 +20,7 @@ impl RegionClient {
     async fn post(
         &self,
         path: &str,
-        body: &RangeRequest,
+        body: &impl serde::Serialize,
     ) -> Result<reqwest::Response, ClientError> {
         let url = format!("{}{path}", self.base);
         let response = self
@@ -56,5 +56,11 @@ impl RegionClient {
 
     pub async fn release(&self, range: &RangeRequest) -> Result<(), ClientError> {
         self.post("/internal/release", range).await.map(|_| ())
+    }
+
+    pub async fn user_ownership(&self, request: &UserOwnershipRequest) -> Result<(), ClientError> {
+        self.post("/internal/user-ownership", request)
+            .await
+            .map(|_| ())
     }
 }

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod placement_change;
 pub mod state;
 pub mod table;
+pub mod user_override;
 
 use axum::Router;
 use axum::routing::{get, put};

@@ -64,6 +64,7 @@ impl ControlState {
                     })
                     .collect(),
                 placement: cluster.placement.clone(),
+                overrides: Vec::new(),
             },
         };
         persist(store.as_ref(), &table).await?;

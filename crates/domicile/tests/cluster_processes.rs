@@ -385,6 +385,90 @@ async fn the_cluster_serves_refuses_and_reroutes_across_processes() {
     );
 }
 
+/// The gateway's counter of calls re-routed after a 421.
+async fn gateway_retries(c: &Cluster) -> u64 {
+    let text = c
+        .http
+        .get(format!("{}/metrics", c.gw()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("domicile_gateway_retries_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_meets_a_moved_range_is_held_and_retried_transparently() {
+    let c = Cluster::start().await;
+    let (user, token) = c.signup("SG").await;
+    // The first half of a placement change, as the control plane performs it: the old owner
+    // releases SG's shop to us-west at epoch 2 and us-west owns it — not yet committed, so the
+    // gateway's table still says cn-beijing.
+    let range = |owner: Option<&str>| json!({ "service": "ecommerce", "market": "SG", "buckets": "0-1023", "epoch": 2, "owner": owner });
+    let release = c
+        .http
+        .post(format!("{}/internal/release", url(&c.regions[0].1, "url")))
+        .json(&range(Some("us-west")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(release.status(), StatusCode::OK);
+    let own = c
+        .http
+        .post(format!("{}/internal/own", url(&c.regions[1].1, "url")))
+        .json(&range(None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), StatusCode::OK);
+    let before = gateway_retries(&c).await;
+    let call = {
+        let (http, url, token) = (
+            c.http.clone(),
+            format!("{}/v1/users/{user}/orders/o-1", c.gw()),
+            token.clone(),
+        );
+        tokio::spawn(async move {
+            http.put(url)
+                .bearer_auth(token)
+                .body("held")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    // The call met a 421 and is being held (no sleeps: wait for the gateway to say so).
+    while gateway_retries(&c).await == before {
+        tokio::task::yield_now().await;
+    }
+    // The control plane commits the change (re-telling the nodes is idempotent at epoch 2).
+    let commit = c.admin_post("/admin/placement", json!({ "service": "ecommerce", "market": "SG", "buckets": "0-1023", "region": "us-west" })).await;
+    assert_eq!(commit.status(), StatusCode::OK, "{:?}", commit.text().await);
+    assert_eq!(
+        call.await.unwrap(),
+        StatusCode::OK,
+        "the held call succeeded once the table moved"
+    );
+    let direct = c
+        .http
+        .get(format!(
+            "{}/v1/users/{user}/orders/o-1",
+            url(&c.regions[1].1, "url")
+        ))
+        .header("x-domicile-market", "SG")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.text().await.unwrap(), "held");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_restarted_under_load_loses_no_acknowledged_write() {
     let mut c = Cluster::start().await;

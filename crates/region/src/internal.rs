@@ -18,7 +18,7 @@ use domicile_http::request;
 use domicile_store::{Lsn, VersionedRecord};
 use domicile_wire::api::{
     DigestResponse, FenceResponse, ImportResponse, OwnershipResponse, PurgeResponse, RangeRequest,
-    STREAM_CONTENT_TYPE, ScopeRequest, StatusResponse,
+    STREAM_CONTENT_TYPE, ScopeRequest, StatusResponse, UserOwnershipRequest,
 };
 use domicile_wire::frame::{self, Frame, Header, StreamKind};
 use futures::StreamExt;
@@ -302,11 +302,37 @@ pub async fn release(
 }
 
 async fn ownership_view(state: &NodeState) -> Json<OwnershipResponse> {
-    let ranges = state.ownership.read().await.ranges();
+    let table = state.ownership.read().await;
     Json(OwnershipResponse {
         region: state.region.clone(),
-        ranges,
+        ranges: table.ranges(),
+        users: table.users(),
     })
+}
+
+/// `POST /internal/user-ownership` `{service, market, user, epoch, owner?, remove?}`: one user's
+/// override — owned here (no `owner`; the policy must allow it), owned elsewhere, or dropped.
+pub async fn user_ownership(
+    State(state): State<Arc<NodeState>>,
+    body: Body,
+) -> Result<Json<OwnershipResponse>, ApiError> {
+    let req: UserOwnershipRequest = request::json(&request::body(body, 64 << 10).await?)?;
+    if req.owner.is_none() && !req.remove {
+        state.check_residency(req.market, &req.service)?;
+    }
+    state
+        .change_table(|t| {
+            t.apply_user(
+                &req.service,
+                &req.user,
+                req.epoch,
+                req.owner.clone(),
+                req.remove,
+            )
+        })
+        .await?;
+    tracing::info!(service = %req.service, user = %req.user, epoch = %req.epoch, owner = ?req.owner, remove = req.remove, "user ownership changed");
+    Ok(ownership_view(&state).await)
 }
 
 /// `GET /internal/ownership`.

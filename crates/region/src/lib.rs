@@ -82,6 +82,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/internal/own", post(internal::own))
         .route("/internal/release", post(internal::release))
         .route("/internal/ownership", get(internal::ownership))
+        .route("/internal/user-ownership", post(internal::user_ownership))
         .route("/internal/purge", post(internal::purge))
         .route("/internal/status", get(internal::status))
         .route("/metrics", get(render_metrics))
@@ -115,6 +116,7 @@ pub async fn follow_policy(
         policy: state.policy().as_ref().clone(),
         regions: Vec::new(),
         placement: domicile_core::Placement::default(),
+        overrides: Vec::new(),
     });
     let (tx, mut rx) = tokio::sync::watch::channel(initial);
     tokio::spawn(control.watch(Arc::new(tx)));

@@ -5,11 +5,12 @@
 //! Every change is written to the store's metadata before it takes effect, so a restarted node
 //! never owns what it had given up.
 
+use domicile_core::UserId;
 use domicile_core::{
     Bucket, BucketCount, BucketRange, Epoch, Market, Placement, RegionId, ServiceName,
 };
 use domicile_http::ApiError;
-use domicile_wire::api::{OwnedRange, RangeState};
+use domicile_wire::api::{OwnedRange, OwnedUser, RangeState};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,8 @@ struct Slot {
 pub struct OwnershipTable {
     buckets: BucketCount,
     slots: BTreeMap<(ServiceName, Market), Vec<Option<Slot>>>,
+    /// Per-user overrides: they outrank the user's bucket.
+    users: BTreeMap<(ServiceName, UserId), Slot>,
 }
 
 /// What an ownership change does to each bucket of its range.
@@ -40,6 +43,7 @@ impl OwnershipTable {
         let mut table = Self {
             buckets,
             slots: BTreeMap::new(),
+            users: BTreeMap::new(),
         };
         for row in placement.ranges() {
             let state = if &row.region == region {
@@ -62,10 +66,15 @@ impl OwnershipTable {
         table
     }
 
-    pub fn from_ranges(ranges: Vec<OwnedRange>, buckets: BucketCount) -> Self {
+    pub fn from_ranges(
+        ranges: Vec<OwnedRange>,
+        users: Vec<OwnedUser>,
+        buckets: BucketCount,
+    ) -> Self {
         let mut table = Self {
             buckets,
             slots: BTreeMap::new(),
+            users: BTreeMap::new(),
         };
         for r in ranges {
             table.fill(
@@ -78,7 +87,105 @@ impl OwnershipTable {
                 },
             );
         }
+        for u in users {
+            table.users.insert(
+                (u.service, u.user),
+                Slot {
+                    epoch: u.epoch,
+                    state: u.state,
+                },
+            );
+        }
         table
+    }
+
+    /// The override of `user`'s `service` data, if this node holds one: the same checks as
+    /// [`OwnershipTable::check`], against the user's own slot.
+    pub fn check_user(
+        &self,
+        service: &ServiceName,
+        user: &UserId,
+        caller_epoch: Option<Epoch>,
+    ) -> Option<Result<Epoch, ApiError>> {
+        let slot = self.users.get(&(service.clone(), user.clone()))?;
+        let what = format!("{service} data of user {user}");
+        Some(match &slot.state {
+            RangeState::Foreign { owner } => Err(ApiError::Misdirected {
+                code: "not_owner",
+                message: format!(
+                    "{what} is owned by {} at epoch {}",
+                    owner.as_ref().map_or("another region", |o| o.as_str()),
+                    slot.epoch
+                ),
+                owner: owner.clone(),
+                epoch: Some(slot.epoch),
+            }),
+            _ if caller_epoch.is_some_and(|e| e != slot.epoch) => Err(ApiError::Misdirected {
+                code: "stale_epoch",
+                message: format!("{what} is at epoch {} here", slot.epoch),
+                owner: None,
+                epoch: Some(slot.epoch),
+            }),
+            _ => Ok(slot.epoch),
+        })
+    }
+
+    /// Checks a request for one user's collection: the user's override if this node holds one,
+    /// the bucket's range otherwise.
+    pub fn check_collection(
+        &self,
+        c: &domicile_store::CollectionAddress,
+        caller_epoch: Option<Epoch>,
+        write: bool,
+    ) -> Result<Epoch, ApiError> {
+        match self.check_user(&c.service, &c.user, caller_epoch) {
+            Some(result) => result,
+            None => self.check(&c.service, c.market, c.bucket, caller_epoch, write),
+        }
+    }
+
+    /// Sets (or with `remove`, drops) a user's override. Setting needs a newer epoch than the
+    /// override it replaces; repeating one that took effect succeeds.
+    pub fn apply_user(
+        &mut self,
+        service: &ServiceName,
+        user: &UserId,
+        epoch: Epoch,
+        owner: Option<RegionId>,
+        remove: bool,
+    ) -> Result<(), ApiError> {
+        let key = (service.clone(), user.clone());
+        if remove {
+            self.users.remove(&key);
+            return Ok(());
+        }
+        let state = match owner {
+            Some(owner) => RangeState::Foreign { owner: Some(owner) },
+            None => RangeState::Owned,
+        };
+        match self.users.get(&key) {
+            Some(s) if s.epoch == epoch && s.state == state => Ok(()),
+            Some(s) if s.epoch >= epoch => Err(ApiError::Conflict(format!(
+                "user {user}'s {service} override is at epoch {}; {epoch} is not newer",
+                s.epoch
+            ))),
+            _ => {
+                self.users.insert(key, Slot { epoch, state });
+                Ok(())
+            }
+        }
+    }
+
+    pub fn users(&self) -> Vec<OwnedUser> {
+        self.users
+            .iter()
+            .map(|((service, user), slot)| OwnedUser {
+                service: service.clone(),
+                user: user.clone(),
+                epoch: slot.epoch,
+                state: slot.state.clone(),
+            })
+            .collect()
     }
 
     fn fill(&mut self, service: &ServiceName, market: Market, range: BucketRange, slot: Slot) {
@@ -376,11 +483,72 @@ mod tests {
     }
 
     #[test]
+    fn user_overrides_outrank_the_bucket() {
+        let mut t = table();
+        let c = domicile_store::CollectionAddress::new(
+            shop(),
+            Market::new("HK").unwrap(),
+            UserId::new("vip").unwrap(),
+            domicile_core::CollectionName::new("orders").unwrap(),
+            BucketCount::DEFAULT,
+        );
+        assert_eq!(
+            t.check_collection(&c, Some(Epoch(1)), true).unwrap(),
+            Epoch(1)
+        );
+        let elsewhere = RegionId::new("us-west").unwrap();
+        t.apply_user(
+            &c.service,
+            &c.user,
+            Epoch(2),
+            Some(elsewhere.clone()),
+            false,
+        )
+        .unwrap();
+        match t.check_collection(&c, None, false).unwrap_err() {
+            ApiError::Misdirected { owner, epoch, .. } => {
+                assert_eq!((owner, epoch), (Some(elsewhere), Some(Epoch(2))))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Not newer: refused; the same change again: fine.
+        assert!(
+            t.apply_user(&c.service, &c.user, Epoch(2), None, false)
+                .is_err()
+        );
+        t.apply_user(
+            &c.service,
+            &c.user,
+            Epoch(2),
+            Some(RegionId::new("us-west").unwrap()),
+            false,
+        )
+        .unwrap();
+        t.apply_user(&c.service, &c.user, Epoch(3), None, false)
+            .unwrap();
+        assert_eq!(
+            t.check_collection(&c, Some(Epoch(3)), true).unwrap(),
+            Epoch(3)
+        );
+        assert!(
+            t.check_collection(&c, Some(Epoch(1)), true).is_err(),
+            "a stale epoch"
+        );
+        t.apply_user(&c.service, &c.user, Epoch(3), None, true)
+            .unwrap();
+        assert_eq!(
+            t.check_collection(&c, Some(Epoch(1)), true).unwrap(),
+            Epoch(1),
+            "back to the bucket"
+        );
+    }
+
+    #[test]
     fn ranges_round_trip_merged() {
         let t = table();
         let ranges = t.ranges();
         assert_eq!(ranges.len(), 36, "one merged range per service and market");
-        let again = OwnershipTable::from_ranges(ranges.clone(), BucketCount::DEFAULT);
+        let again = OwnershipTable::from_ranges(ranges.clone(), Vec::new(), BucketCount::DEFAULT);
         assert_eq!(again.ranges(), ranges);
     }
 }

@@ -81,7 +81,7 @@ async fn check_read(state: &NodeState, t: &Target) -> Result<(), ApiError> {
         .ownership
         .read()
         .await
-        .check(&c.service, c.market, c.bucket, t.epoch, false)
+        .check_collection(c, t.epoch, false)
         .map(|_| ())
 }
 
@@ -165,7 +165,7 @@ pub async fn put_record(
 async fn write(state: &NodeState, t: &Target, mutation: Mutation) -> Result<Version, ApiError> {
     let c = &t.collection;
     let gate = state.ownership.read().await;
-    gate.check(&c.service, c.market, c.bucket, t.epoch, true)?;
+    gate.check_collection(c, t.epoch, true)?;
     let versions = state.store.write(vec![mutation]).await?;
     drop(gate);
     versions
@@ -189,7 +189,7 @@ async fn put_blob(
             .ownership
             .read()
             .await
-            .check(&c.service, c.market, c.bucket, t.epoch, true)?;
+            .check_collection(c, t.epoch, true)?;
     }
     let stream = body.into_data_stream().map_err(|e| e.to_string());
     let mut blob = state

@@ -16,6 +16,14 @@ use tokio::sync::RwLock;
 /// The metadata name under which the ownership table is persisted.
 const OWNERSHIP_META: &str = "ownership";
 
+/// The ownership table as persisted (JSON, format 1).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedOwnership {
+    ranges: Vec<OwnedRange>,
+    #[serde(default)]
+    users: Vec<domicile_wire::api::OwnedUser>,
+}
+
 pub struct NodeState {
     pub region: RegionId,
     pub buckets: BucketCount,
@@ -42,9 +50,9 @@ impl NodeState {
     ) -> Result<Self, StoreError> {
         let ownership = match store.load_meta(OWNERSHIP_META).await? {
             Some(bytes) => {
-                let ranges: Vec<OwnedRange> = serde_json::from_slice(&bytes)
+                let saved: SavedOwnership = serde_json::from_slice(&bytes)
                     .map_err(|e| StoreError::Corrupt(format!("ownership table: {e}")))?;
-                OwnershipTable::from_ranges(ranges, cluster.buckets)
+                OwnershipTable::from_ranges(saved.ranges, saved.users, cluster.buckets)
             }
             None => OwnershipTable::from_placement(&cluster.placement, &region, cluster.buckets),
         };
@@ -100,16 +108,30 @@ impl NodeState {
         epoch: Epoch,
         owner: Option<RegionId>,
     ) -> Result<(), ApiError> {
+        self.change_table(|next| next.apply(change, service, market, range, epoch, owner))
+            .await?;
+        tracing::info!(?change, %service, %market, %range, %epoch, "ownership changed");
+        Ok(())
+    }
+
+    /// Applies `edit` to a copy of the table, persists the copy, then puts it in force — all
+    /// under the exclusive gate, so no write sees a half-made change.
+    pub async fn change_table(
+        &self,
+        edit: impl FnOnce(&mut OwnershipTable) -> Result<(), ApiError>,
+    ) -> Result<(), ApiError> {
         let mut table = self.ownership.write().await;
         let mut next = table.clone();
-        next.apply(change, service, market, range, epoch, owner)?;
-        let bytes =
-            serde_json::to_vec(&next.ranges()).map_err(|e| ApiError::Internal(e.to_string()))?;
+        edit(&mut next)?;
+        let saved = SavedOwnership {
+            ranges: next.ranges(),
+            users: next.users(),
+        };
+        let bytes = serde_json::to_vec(&saved).map_err(|e| ApiError::Internal(e.to_string()))?;
         self.store
             .store_meta(OWNERSHIP_META, Bytes::from(bytes))
             .await?;
         *table = next;
-        tracing::info!(?change, %service, %market, %range, %epoch, "ownership changed");
         Ok(())
     }
 }

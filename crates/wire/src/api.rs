@@ -132,10 +132,48 @@ pub struct OwnedRange {
     pub state: RangeState,
 }
 
+/// A per-user override as a region node holds it: this user's data of one service is owned by
+/// this node (`Owned`) or by another region (`Foreign`), whatever the bucket's placement says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedUser {
+    pub service: ServiceName,
+    pub user: domicile_core::UserId,
+    pub epoch: Epoch,
+    #[serde(flatten)]
+    pub state: RangeState,
+}
+
+/// `POST /internal/user-ownership`: own (no `owner`), hand over (`owner`), or drop (`remove`) a
+/// user's override on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserOwnershipRequest {
+    pub service: ServiceName,
+    pub market: Market,
+    pub user: domicile_core::UserId,
+    pub epoch: Epoch,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<RegionId>,
+    #[serde(default)]
+    pub remove: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnershipResponse {
     pub region: RegionId,
     pub ranges: Vec<OwnedRange>,
+    #[serde(default)]
+    pub users: Vec<OwnedUser>,
+}
+
+/// A per-user placement override in the routing table: one user's service data lives in
+/// `region` at `epoch` instead of where its bucket is placed (a relocation, a VIP, a test user).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserOverride {
+    pub user: domicile_core::UserId,
+    pub service: ServiceName,
+    pub market: Market,
+    pub region: RegionId,
+    pub epoch: Epoch,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,4 +203,19 @@ pub struct RoutingTable {
     pub policy: domicile_core::Policy,
     pub regions: Vec<RegionEndpoint>,
     pub placement: domicile_core::Placement,
+    /// Rare per-user overrides; looked up before the placement.
+    #[serde(default)]
+    pub overrides: Vec<UserOverride>,
+}
+
+impl RoutingTable {
+    pub fn user_override(
+        &self,
+        user: &domicile_core::UserId,
+        service: &ServiceName,
+    ) -> Option<&UserOverride> {
+        self.overrides
+            .iter()
+            .find(|o| &o.user == user && &o.service == service)
+    }
 }
