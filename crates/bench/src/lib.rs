@@ -2,6 +2,7 @@
 //! (the bare engine, or the incumbent tool) side by side in the same run, so that a noisy,
 //! shared machine moves both figures together.
 
+pub mod copy;
 pub mod load;
 pub mod machine;
 pub mod store;

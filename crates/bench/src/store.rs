@@ -71,6 +71,12 @@ pub struct StoreBenchReport {
 
 #[derive(Debug, Error)]
 pub enum BenchError {
+    #[error("move: {0}")]
+    Move(#[from] domicile_migrate::MoveError),
+    #[error("region node: {0}")]
+    Node(#[from] domicile_region::NodeError),
+    #[error("region client: {0}")]
+    Client(#[from] domicile_client::ClientError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("bare engine: {0}")]
@@ -114,12 +120,12 @@ fn random_value() -> Bytes {
 
 /// The users of the import, in the order a snapshot stream delivers them: by bucket, then by
 /// user id (`RECORDS_PER_USER` records each, keys in order within a user).
-struct ImportOrder {
+pub struct ImportOrder {
     users: Vec<(u16, String)>,
 }
 
 impl ImportOrder {
-    fn new(records: u64) -> Self {
+    pub fn new(records: u64) -> Self {
         let n = records.div_ceil(RECORDS_PER_USER);
         let mut users: Vec<(u16, String)> = (0..n)
             .map(|i| {
@@ -143,7 +149,7 @@ impl ImportOrder {
         })
     }
 
-    fn batch(&self, start: u64, len: u64) -> Result<Vec<VersionedRecord>, BenchError> {
+    pub fn batch(&self, start: u64, len: u64) -> Result<Vec<VersionedRecord>, BenchError> {
         (start..start + len).map(|i| self.record(i)).collect()
     }
 }

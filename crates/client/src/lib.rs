@@ -8,6 +8,7 @@
 
 pub mod control;
 pub mod region;
+pub mod region_data;
 
 use thiserror::Error;
 
@@ -35,7 +36,10 @@ pub fn http_client() -> reqwest::Client {
 }
 
 /// Turns a non-success answer into an error carrying the server's JSON message.
-async fn check(url: &str, response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+pub(crate) async fn check(
+    url: &str,
+    response: reqwest::Response,
+) -> Result<reqwest::Response, ClientError> {
     if response.status().is_success() {
         return Ok(response);
     }

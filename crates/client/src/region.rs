@@ -5,8 +5,8 @@ use domicile_wire::api::{FenceResponse, RangeRequest, UserOwnershipRequest};
 
 #[derive(Debug, Clone)]
 pub struct RegionClient {
-    base: String,
-    http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
 }
 
 impl RegionClient {

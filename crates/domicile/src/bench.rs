@@ -11,6 +11,18 @@ pub enum BenchCommand {
     Store(StoreArgs),
     /// Reads through the gateway against reads sent straight to the region node, same run.
     Gateway(GatewayArgs),
+    /// A scope copied region to region over loopback, beside the target store's import rate.
+    Copy(CopyArgs),
+}
+
+#[derive(Args)]
+pub struct CopyArgs {
+    /// Print only the JSON report.
+    #[arg(long)]
+    json: bool,
+    /// Records in the copied scope.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
 }
 
 #[derive(Args)]
@@ -49,6 +61,18 @@ pub struct StoreArgs {
 pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Gateway(args) => gateway(args).await,
+        BenchCommand::Copy(args) => {
+            anyhow::ensure!(args.records > 0, "--records must be at least 1");
+            let dir = tempfile::Builder::new()
+                .prefix("domicile-bench-copy-")
+                .tempdir_in(std::env::current_dir()?)?;
+            let report = domicile_bench::copy::run_copy_bench(args.records, dir.path())
+                .await
+                .context("run the copy benchmark")?;
+            let _ = args.json;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         BenchCommand::Store(args) => {
             anyhow::ensure!(args.records > 0, "--records must be at least 1");
             anyhow::ensure!(args.writers > 0, "--writers must be at least 1");

@@ -1,0 +1,260 @@
+//! A region node's data-moving endpoints: snapshot and change streams, import, digests, purge —
+//! what a move between regions is made of.
+
+use crate::region::RegionClient;
+use crate::{ClientError, check};
+use bytes::BytesMut;
+use domicile_store::{BucketDigest, Change, Lsn, VersionedRecord};
+use domicile_wire::api::{DigestResponse, ImportResponse, PurgeResponse, ScopeRequest};
+use domicile_wire::frame::{self, Decoder, Frame, Header, StreamKind};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use std::time::Duration;
+
+/// A snapshot being read: its LSN, and its records in batches as they arrive.
+pub struct SnapshotReader {
+    pub lsn: Lsn,
+    url: String,
+    body: BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    decoder: Decoder,
+    done: bool,
+}
+
+impl SnapshotReader {
+    /// The next up-to-`max` records; `None` once the stream has ended (with its END frame).
+    pub async fn next_batch(
+        &mut self,
+        max: usize,
+    ) -> Result<Option<Vec<VersionedRecord>>, ClientError> {
+        let mut out = Vec::new();
+        let bad = |url: &str, message: String| ClientError::Body {
+            url: url.to_string(),
+            message,
+        };
+        while out.len() < max && !self.done {
+            match self
+                .decoder
+                .next_frame()
+                .map_err(|e| bad(&self.url, e.to_string()))?
+            {
+                Some(Frame::Record(r)) => out.push(r),
+                Some(Frame::End { .. }) => self.done = true,
+                Some(Frame::Error(m)) => return Err(bad(&self.url, format!("source failed: {m}"))),
+                Some(Frame::Change(_)) => {
+                    return Err(bad(&self.url, "a change frame in a snapshot".into()));
+                }
+                None => match self.body.next().await {
+                    Some(chunk) => {
+                        let chunk = chunk.map_err(|source| ClientError::Transport {
+                            url: self.url.clone(),
+                            source,
+                        })?;
+                        self.decoder.push(&chunk);
+                    }
+                    None => {
+                        self.decoder
+                            .finish()
+                            .map_err(|e| bad(&self.url, e.to_string()))?;
+                        self.done = true;
+                    }
+                },
+            }
+        }
+        Ok(if out.is_empty() && self.done {
+            None
+        } else {
+            Some(out)
+        })
+    }
+}
+
+impl RegionClient {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T, ClientError> {
+        let url = self.url(path);
+        let r = self
+            .http
+            .post(&url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        let r = check(&url, r).await?;
+        r.json().await.map_err(|e| ClientError::Body {
+            url,
+            message: e.to_string(),
+        })
+    }
+
+    /// Starts reading a consistent snapshot of `scope`.
+    pub async fn snapshot(&self, scope: &ScopeRequest) -> Result<SnapshotReader, ClientError> {
+        let url = self.url("/internal/snapshot");
+        let r = self
+            .http
+            .post(&url)
+            .json(scope)
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        let r = check(&url, r).await?;
+        let mut reader = SnapshotReader {
+            lsn: Lsn(0),
+            url: url.clone(),
+            body: r.bytes_stream().boxed(),
+            decoder: Decoder::new(),
+            done: false,
+        };
+        let header = loop {
+            if let Some(h) = reader.decoder.header().map_err(|e| ClientError::Body {
+                url: url.clone(),
+                message: e.to_string(),
+            })? {
+                break h;
+            }
+            match reader.body.next().await {
+                Some(chunk) => {
+                    reader
+                        .decoder
+                        .push(&chunk.map_err(|source| ClientError::Transport {
+                            url: url.clone(),
+                            source,
+                        })?)
+                }
+                None => {
+                    return Err(ClientError::Body {
+                        url,
+                        message: "the snapshot ended before its header".into(),
+                    });
+                }
+            }
+        };
+        if header.kind != StreamKind::Snapshot {
+            return Err(ClientError::Body {
+                url,
+                message: "not a snapshot stream".into(),
+            });
+        }
+        reader.lsn = header.lsn;
+        Ok(reader)
+    }
+
+    /// Changes of `scope` after `after` (waiting up to `wait` when there are none): the changes
+    /// and the position to continue from.
+    pub async fn changes(
+        &self,
+        scope: &ScopeRequest,
+        after: Lsn,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<(Vec<Change>, Lsn), ClientError> {
+        let url = format!(
+            "{}?service={}&market={}&buckets={}&after={}&limit={limit}&wait_ms={}",
+            self.url("/internal/changes"),
+            scope.service,
+            scope.market,
+            scope.buckets,
+            after.0,
+            wait.as_millis()
+        );
+        let r = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        let bytes =
+            check(&url, r)
+                .await?
+                .bytes()
+                .await
+                .map_err(|source| ClientError::Transport {
+                    url: url.clone(),
+                    source,
+                })?;
+        let (_, frames, next) = frame::decode_all(&bytes).map_err(|e| ClientError::Body {
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+        let changes = frames
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::Change(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        Ok((changes, next))
+    }
+
+    /// Imports records of one service and market (applied atomically, higher version wins).
+    pub async fn import(
+        &self,
+        scope: &ScopeRequest,
+        records: &[VersionedRecord],
+    ) -> Result<ImportResponse, ClientError> {
+        let mut body = BytesMut::new();
+        frame::encode_header(
+            &mut body,
+            Header {
+                kind: StreamKind::Import,
+                lsn: Lsn(0),
+            },
+        );
+        for r in records {
+            frame::encode_record(&mut body, r);
+        }
+        frame::encode_end(&mut body, Lsn(0), records.len() as u64);
+        let url = format!(
+            "{}?service={}&market={}",
+            self.url("/internal/import"),
+            scope.service,
+            scope.market
+        );
+        let r = self
+            .http
+            .post(&url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                domicile_wire::api::STREAM_CONTENT_TYPE,
+            )
+            .body(body.freeze())
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        check(&url, r)
+            .await?
+            .json()
+            .await
+            .map_err(|e| ClientError::Body {
+                url,
+                message: e.to_string(),
+            })
+    }
+
+    pub async fn digest(&self, scope: &ScopeRequest) -> Result<Vec<BucketDigest>, ClientError> {
+        let r: DigestResponse = self.post_json("/internal/digest", scope).await?;
+        Ok(r.digests)
+    }
+
+    pub async fn purge(&self, scope: &ScopeRequest) -> Result<PurgeResponse, ClientError> {
+        self.post_json("/internal/purge", scope).await
+    }
+}
