@@ -54,3 +54,29 @@ pub(crate) async fn check(
         message,
     })
 }
+
+/// Sends `request` to `url`; a transport failure or a non-success answer is the error.
+pub(crate) async fn send(
+    url: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, ClientError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|source| ClientError::Transport {
+            url: url.to_string(),
+            source,
+        })?;
+    check(url, response).await
+}
+
+/// Reads a JSON answer.
+pub(crate) async fn json<T: serde::de::DeserializeOwned>(
+    url: &str,
+    response: reqwest::Response,
+) -> Result<T, ClientError> {
+    response.json().await.map_err(|e| ClientError::Body {
+        url: url.to_string(),
+        message: e.to_string(),
+    })
+}

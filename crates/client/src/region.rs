@@ -1,6 +1,6 @@
 //! A region node's internal ownership endpoints, as the control plane calls them.
 
-use crate::{ClientError, check};
+use crate::{ClientError, json, send};
 use domicile_wire::api::{FenceResponse, RangeRequest, UserOwnershipRequest};
 
 #[derive(Debug, Clone)]
@@ -17,32 +17,19 @@ impl RegionClient {
         }
     }
 
-    async fn post(
+    /// POSTs a JSON body to `path`; the answer if it is a success.
+    pub(crate) async fn post(
         &self,
         path: &str,
         body: &impl serde::Serialize,
     ) -> Result<reqwest::Response, ClientError> {
         let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .post(&url)
-            .json(body)
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        check(&url, response).await
+        send(&url, self.http.post(&url).json(body)).await
     }
 
     pub async fn fence(&self, range: &RangeRequest) -> Result<u64, ClientError> {
-        let url = format!("{}/internal/fence", self.base);
         let r = self.post("/internal/fence", range).await?;
-        let body: FenceResponse = r.json().await.map_err(|e| ClientError::Body {
-            url,
-            message: e.to_string(),
-        })?;
+        let body: FenceResponse = json(&format!("{}/internal/fence", self.base), r).await?;
         Ok(body.lsn)
     }
 

@@ -2,7 +2,7 @@
 //! what a move between regions is made of.
 
 use crate::region::RegionClient;
-use crate::{ClientError, check};
+use crate::{ClientError, json, send};
 use bytes::BytesMut;
 use domicile_store::{BucketDigest, Change, Lsn, VersionedRecord};
 use domicile_wire::api::{DigestResponse, ImportResponse, PurgeResponse, ScopeRequest};
@@ -78,38 +78,13 @@ impl RegionClient {
         path: &str,
         body: &impl serde::Serialize,
     ) -> Result<T, ClientError> {
-        let url = self.url(path);
-        let r = self
-            .http
-            .post(&url)
-            .json(body)
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        let r = check(&url, r).await?;
-        r.json().await.map_err(|e| ClientError::Body {
-            url,
-            message: e.to_string(),
-        })
+        json(&self.url(path), self.post(path, body).await?).await
     }
 
     /// Starts reading a consistent snapshot of `scope`.
     pub async fn snapshot(&self, scope: &ScopeRequest) -> Result<SnapshotReader, ClientError> {
         let url = self.url("/internal/snapshot");
-        let r = self
-            .http
-            .post(&url)
-            .json(scope)
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        let r = check(&url, r).await?;
+        let r = self.post("/internal/snapshot", scope).await?;
         let mut reader = SnapshotReader {
             lsn: Lsn(0),
             url: url.clone(),
@@ -169,24 +144,14 @@ impl RegionClient {
             after.0,
             wait.as_millis()
         );
-        let r = self
-            .http
-            .get(&url)
-            .send()
+        let bytes = send(&url, self.http.get(&url))
+            .await?
+            .bytes()
             .await
             .map_err(|source| ClientError::Transport {
                 url: url.clone(),
                 source,
             })?;
-        let bytes =
-            check(&url, r)
-                .await?
-                .bytes()
-                .await
-                .map_err(|source| ClientError::Transport {
-                    url: url.clone(),
-                    source,
-                })?;
         let (_, frames, next) = frame::decode_all(&bytes).map_err(|e| ClientError::Body {
             url: url.clone(),
             message: e.to_string(),
@@ -225,28 +190,15 @@ impl RegionClient {
             scope.service,
             scope.market
         );
-        let r = self
+        let request = self
             .http
             .post(&url)
             .header(
                 reqwest::header::CONTENT_TYPE,
                 domicile_wire::api::STREAM_CONTENT_TYPE,
             )
-            .body(body.freeze())
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        check(&url, r)
-            .await?
-            .json()
-            .await
-            .map_err(|e| ClientError::Body {
-                url,
-                message: e.to_string(),
-            })
+            .body(body.freeze());
+        json(&url, send(&url, request).await?).await
     }
 
     pub async fn digest(&self, scope: &ScopeRequest) -> Result<Vec<BucketDigest>, ClientError> {

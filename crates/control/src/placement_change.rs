@@ -1,7 +1,7 @@
 //! Placing a range of buckets in a region: split the rows it overlaps, bump the epoch, tell the
 //! old owners to release and the new one to own, then commit the table.
 
-use crate::state::ControlState;
+use crate::state::{ControlState, url_of};
 use domicile_client::region::RegionClient;
 use domicile_core::{BucketRange, Epoch, Market, Placement, PlacementRange, RegionId, ServiceName};
 use domicile_http::ApiError;
@@ -16,20 +16,6 @@ pub struct PlacementRequest {
     pub market: Market,
     pub buckets: BucketRange,
     pub region: RegionId,
-}
-
-fn url_of(table: &RoutingTable, region: &RegionId) -> Result<String, ApiError> {
-    table
-        .regions
-        .iter()
-        .find(|r| &r.id == region)
-        .map(|r| r.url.clone())
-        .ok_or_else(|| {
-            ApiError::bad(
-                "unknown_region",
-                format!("no region {region} in the routing table"),
-            )
-        })
 }
 
 /// The rows after placing `req` at `epoch`: overlapped rows are cut around the new row.
@@ -155,4 +141,37 @@ pub async fn change(
         .map_err(|e| ApiError::Internal(format!("replanned placement is invalid: {e}")))?;
     tracing::info!(service = %req.service, market = %req.market, buckets = %req.buckets, region = %req.region, %epoch, "placement changed");
     state.commit(next).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domicile_core::BucketCount;
+
+    #[test]
+    fn a_placed_range_cuts_the_rows_it_overlaps() {
+        let config = domicile_core::reference::cluster_config();
+        let req = PlacementRequest {
+            service: ServiceName::new("ecommerce").unwrap(),
+            market: Market::new("IN").unwrap(),
+            buckets: BucketRange::new(100, 199).unwrap(),
+            region: RegionId::new("ap-mumbai").unwrap(),
+        };
+        let rows = replan(&config.placement, &req, Epoch(2));
+        let placement = Placement::new(rows, BucketCount::DEFAULT).unwrap();
+        let region = |b: u16| {
+            placement
+                .lookup(&req.service, req.market, domicile_core::Bucket(b))
+                .map(|r| (r.region.to_string(), r.epoch))
+        };
+        assert_eq!(region(99), Some(("cn-beijing".into(), Epoch(1))));
+        assert_eq!(region(100), Some(("ap-mumbai".into(), Epoch(2))));
+        assert_eq!(region(199), Some(("ap-mumbai".into(), Epoch(2))));
+        assert_eq!(region(200), Some(("cn-beijing".into(), Epoch(1))));
+        // Other services and markets keep their single row.
+        assert_eq!(
+            placement.ranges().len(),
+            config.placement.ranges().len() + 2
+        );
+    }
 }

@@ -126,3 +126,13 @@ pub fn new_admin_token() -> String {
     rand::rng().fill_bytes(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The URL of `region`'s node in `table`, or a 400 naming the unknown region.
+pub(crate) fn url_of(table: &RoutingTable, region: &RegionId) -> Result<String, ApiError> {
+    table.url_of(region).map(str::to_string).ok_or_else(|| {
+        ApiError::bad(
+            "unknown_region",
+            format!("no region {region} in the routing table"),
+        )
+    })
+}

@@ -3,7 +3,7 @@
 //! owner hands over before the new one owns, then the table is committed with a new version.
 
 use crate::admin::authorize;
-use crate::state::ControlState;
+use crate::state::{ControlState, url_of};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -37,20 +37,6 @@ fn parse(
         ));
     }
     Ok((user, service))
-}
-
-fn url_of(table: &RoutingTable, region: &RegionId) -> Result<String, ApiError> {
-    table
-        .regions
-        .iter()
-        .find(|r| &r.id == region)
-        .map(|r| r.url.clone())
-        .ok_or_else(|| {
-            ApiError::bad(
-                "unknown_region",
-                format!("no region {region} in the routing table"),
-            )
-        })
 }
 
 async fn tell(

@@ -209,6 +209,14 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
+    /// The URL of `region`'s node, if the table has one.
+    pub fn url_of(&self, region: &RegionId) -> Option<&str> {
+        self.regions
+            .iter()
+            .find(|r| &r.id == region)
+            .map(|r| r.url.as_str())
+    }
+
     pub fn user_override(
         &self,
         user: &domicile_core::UserId,
