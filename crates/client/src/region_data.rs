@@ -201,6 +201,14 @@ impl RegionClient {
         json(&url, send(&url, request).await?).await
     }
 
+    /// The node's last durable LSN.
+    pub async fn status_lsn(&self) -> Result<u64, ClientError> {
+        let url = self.url("/internal/status");
+        let status: domicile_wire::api::StatusResponse =
+            json(&url, send(&url, self.http.get(&url)).await?).await?;
+        Ok(status.last_lsn)
+    }
+
     pub async fn digest(&self, scope: &ScopeRequest) -> Result<Vec<BucketDigest>, ClientError> {
         let r: DigestResponse = self.post_json("/internal/digest", scope).await?;
         Ok(r.digests)

@@ -178,3 +178,36 @@ pub async fn metrics(State(state): State<Arc<ControlState>>) -> impl IntoRespons
         text,
     )
 }
+
+/// `PUT /admin/checkpoints/{name}` (any JSON): the durable state of a running move, saved by
+/// the mover after every step so that a crash resumes from it.
+pub async fn put_checkpoint(
+    State(state): State<Arc<ControlState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers)?;
+    domicile_core::RecordKey::new(name.as_str())
+        .map_err(|e| ApiError::bad("invalid_id", e.to_string()))?;
+    let value: serde_json::Value = request::json(&request::body(body, 1 << 20).await?)?;
+    let bytes = serde_json::to_vec(&value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    state.save_checkpoint(&name, bytes.into()).await?;
+    Ok(Json(value))
+}
+
+/// `GET /admin/checkpoints/{name}`.
+pub async fn get_checkpoint(
+    State(state): State<Arc<ControlState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let bytes = state
+        .load_checkpoint(&name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no checkpoint {name}")))?;
+    serde_json::from_slice(&bytes)
+        .map(Json)
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}

@@ -36,6 +36,10 @@ pub fn router(state: Arc<ControlState>) -> Router {
             "/admin/placement",
             get(admin::get_placement).post(admin::change_placement),
         )
+        .route(
+            "/admin/checkpoints/{name}",
+            get(admin::get_checkpoint).put(admin::put_checkpoint),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(admin::metrics))
         .fallback(|| async { domicile_http::ApiError::NotFound("no such endpoint".into()) })

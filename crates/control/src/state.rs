@@ -84,6 +84,18 @@ impl ControlState {
         self.table.borrow().clone()
     }
 
+    /// Reads a checkpoint (a move's saved state) by name.
+    pub async fn load_checkpoint(&self, name: &str) -> Result<Option<bytes::Bytes>, StoreError> {
+        self.store.load_meta(&format!("checkpoint/{name}")).await
+    }
+
+    /// Durably saves a checkpoint by name.
+    pub async fn save_checkpoint(&self, name: &str, value: bytes::Bytes) -> Result<(), StoreError> {
+        self.store
+            .store_meta(&format!("checkpoint/{name}"), value)
+            .await
+    }
+
     /// Ends every long poll now (before a graceful shutdown, which would wait for them).
     pub fn close(&self) {
         self.closing.send_replace(true);

@@ -13,6 +13,24 @@ pub enum BenchCommand {
     Gateway(GatewayArgs),
     /// A scope copied region to region over loopback, beside the target store's import rate.
     Copy(CopyArgs),
+    /// Repeated cutovers of a live range under a steady write load through the gateway.
+    Cutover(CutoverArgs),
+}
+
+#[derive(Args)]
+pub struct CutoverArgs {
+    /// Print only the JSON report.
+    #[arg(long)]
+    json: bool,
+    /// Cutovers to run (the range moves back and forth between two regions).
+    #[arg(long, default_value_t = 100)]
+    cutovers: usize,
+    /// Concurrent writers through the gateway.
+    #[arg(long, default_value_t = 8)]
+    writers: usize,
+    /// Users whose data is in the moving range.
+    #[arg(long, default_value_t = 200)]
+    users: usize,
 }
 
 #[derive(Args)]
@@ -61,6 +79,7 @@ pub struct StoreArgs {
 pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Gateway(args) => gateway(args).await,
+        BenchCommand::Cutover(args) => cutover(args).await,
         BenchCommand::Copy(args) => {
             anyhow::ensure!(args.records > 0, "--records must be at least 1");
             let dir = tempfile::Builder::new()
@@ -199,6 +218,188 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
         "added_p50_ms": round3(g50 - d50),
         "added_p99_ms": round3(g99 - d99),
         "errors": errors,
+        "machine": domicile_bench::machine::Machine::current(),
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// Cutovers of HK's shop (every bucket) between cn-beijing and ap-singapore while writers keep
+/// writing through the gateway; every acknowledged write is read back at the end.
+async fn cutover(args: CutoverArgs) -> Result<()> {
+    use domicile_client::region::RegionClient;
+    use domicile_migrate::http_control::HttpControl;
+    use domicile_migrate::wave::{self, Wave, WaveSpec};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    anyhow::ensure!(
+        args.cutovers > 0 && args.writers > 0 && args.users > 0,
+        "--cutovers, --writers and --users must be at least 1"
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("domicile-bench-cutover-")
+        .tempdir_in(std::env::current_dir()?)?;
+    let cluster = crate::cluster::Cluster::start(
+        &domicile_core::reference::cluster_config(),
+        dir.path(),
+        "127.0.0.1:0",
+    )
+    .await?;
+    let e = cluster.endpoints.clone();
+    let admin = std::fs::read_to_string(&e.admin_token_file)?
+        .trim()
+        .to_string();
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let mut users = Vec::new();
+    for _ in 0..args.users {
+        let s: serde_json::Value = http
+            .post(format!("{}/v1/signup", e.gateway))
+            .json(&serde_json::json!({ "market": "HK" }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let (u, t) = (
+            s["user"].as_str().context("user")?.to_string(),
+            s["token"].as_str().context("token")?.to_string(),
+        );
+        let r = http
+            .put(format!("{}/v1/users/{u}/orders/seed", e.gateway))
+            .bearer_auth(&t)
+            .body("seed")
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "seed write: {}", r.status());
+        users.push((u, t));
+    }
+    let users = Arc::new(users);
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..args.writers)
+        .map(|w| {
+            let (http, gw, users, stop, failed) = (
+                http.clone(),
+                e.gateway.clone(),
+                users.clone(),
+                stop.clone(),
+                failed.clone(),
+            );
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut i = 0usize;
+                // A steady load: one write per writer every 5 ms (200/s each), not a flood.
+                let mut pace = tokio::time::interval(std::time::Duration::from_millis(5));
+                while !stop.load(Ordering::Relaxed) {
+                    pace.tick().await;
+                    let (u, t) = &users[(w * 7919 + i) % users.len()];
+                    let key = format!("w{w}-{i:07}");
+                    match http
+                        .put(format!("{gw}/v1/users/{u}/orders/{key}"))
+                        .bearer_auth(t)
+                        .body(key.clone())
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status().is_success() => acked.push((u.clone(), t.clone(), key)),
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    i += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+
+    let control = domicile_client::control::ControlClient::new(
+        e.control.clone(),
+        domicile_client::http_client(),
+    );
+    let service: domicile_core::ServiceName = "ecommerce".parse()?;
+    let market: domicile_core::Market = "HK".parse()?;
+    let mut windows = Vec::new();
+    let (mut verified, mut moved) = (true, 0u64);
+    let progress = if args.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(args.cutovers as u64)
+    };
+    for k in 0..args.cutovers {
+        let table = control.current().await?;
+        let row = table
+            .placement
+            .lookup(&service, market, domicile_core::Bucket(0))
+            .context("HK shop placement")?
+            .clone();
+        let target: domicile_core::RegionId = if row.region.as_str() == "cn-beijing" {
+            "ap-singapore".parse()?
+        } else {
+            "cn-beijing".parse()?
+        };
+        let spec = WaveSpec {
+            service: service.clone(),
+            market,
+            buckets: domicile_core::BucketCount::DEFAULT.all(),
+            source: row.region.clone(),
+            target: target.clone(),
+            epoch: row.epoch,
+            rollback_window: std::time::Duration::ZERO,
+        };
+        let url =
+            |r: &domicile_core::RegionId| table.url_of(r).map(str::to_string).context("region url");
+        let mover = domicile_migrate::Mover {
+            source: RegionClient::new(url(&spec.source)?, domicile_client::http_client()),
+            target: RegionClient::new(url(&spec.target)?, domicile_client::http_client()),
+            scope: spec.scope(),
+        };
+        let ctl = HttpControl {
+            url: e.control.clone(),
+            admin_token: admin.clone(),
+            http: http.clone(),
+            name: format!("bench-cutover-{k}"),
+        };
+        let mut w = Wave::new(spec);
+        wave::run(&mut w, &mover, &ctl)
+            .await
+            .with_context(|| format!("cutover {k}"))?;
+        verified &= w.verified;
+        moved += w.records_copied;
+        windows.push(w.write_unavailable_ms);
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await?);
+    }
+    let mut lost = 0u64;
+    for (u, t, key) in &acked {
+        let r = http
+            .get(format!("{}/v1/users/{u}/orders/{key}", e.gateway))
+            .bearer_auth(t)
+            .send()
+            .await?;
+        if !r.status().is_success() || r.text().await? != *key {
+            lost += 1;
+        }
+    }
+    cluster.shutdown().await?;
+    windows.sort_by(f64::total_cmp);
+    let pick =
+        |q: f64| windows[((q * windows.len() as f64).ceil() as usize).clamp(1, windows.len()) - 1];
+    let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    let report = serde_json::json!({
+        "cutovers": windows.len(),
+        "p50_ms": round3(pick(0.5)),
+        "p99_ms": round3(pick(0.99)),
+        "max_ms": round3(pick(1.0)),
+        "writes_acknowledged": acked.len(),
+        "failed_requests": failed.load(Ordering::Relaxed),
+        "lost_writes": lost,
+        "verified": verified,
+        "records_moved": moved,
         "machine": domicile_bench::machine::Machine::current(),
     });
     println!("{}", serde_json::to_string_pretty(&report)?);

@@ -5,6 +5,7 @@ mod bench;
 mod cluster;
 mod demo;
 mod latency;
+mod migrate_cmd;
 mod region;
 mod roles;
 mod up;
@@ -43,6 +44,9 @@ enum Command {
     /// The latency model: where each market's data would be fastest.
     #[command(subcommand)]
     Latency(latency::LatencyCommand),
+    /// Migration plans: `plan FILE` is a dry run (validate and estimate; moves nothing).
+    #[command(subcommand)]
+    Migrate(migrate_cmd::MigrateCommand),
     /// Run a benchmark and print its figures as JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -62,7 +66,7 @@ fn main() {
     // The engine logs every flush and compaction at info; keep ours readable. The demo and the
     // benchmarks print reports: only warnings interleave with them.
     init_tracing(match cli.command {
-        Command::Demo(_) | Command::Bench(_) | Command::Latency(_) => "warn",
+        Command::Demo(_) | Command::Bench(_) | Command::Latency(_) | Command::Migrate(_) => "warn",
         _ => "info,fjall=warn,lsm_tree=warn",
     });
     let result: Result<()> = (|| {
@@ -77,6 +81,7 @@ fn main() {
                 Command::Gateway(args) => roles::gateway(args).await,
                 Command::Demo(args) => demo::run(args).await,
                 Command::Latency(cmd) => latency::run(cmd).await,
+                Command::Migrate(cmd) => migrate_cmd::run(cmd).await,
                 Command::Bench(cmd) => bench::run(cmd).await,
             }
         })

@@ -2,4 +2,5 @@
 
 mod cli;
 mod cluster_processes;
+mod moves;
 mod region_process;

@@ -10,6 +10,9 @@
 
 #![deny(clippy::unwrap_used)]
 
+pub mod http_control;
 pub mod mover;
+pub mod plan;
+pub mod wave;
 
 pub use mover::{CopyReport, MoveError, Mover, Verification};

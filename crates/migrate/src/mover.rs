@@ -117,9 +117,15 @@ impl Mover {
         Ok(report)
     }
 
-    /// Applies the source's changes after `from` at the target, until a read returns nothing
-    /// new (the lag is zero at that moment). Returns the position reached and records applied.
+    /// Applies the source's changes after `from` at the target until a pass finds none (the
+    /// lag was zero at that moment). Returns the position reached and records applied.
     pub async fn catch_up(&self, from: Lsn) -> Result<(Lsn, u64), MoveError> {
+        self.catch_up_until(from, 0).await
+    }
+
+    /// Like [`Mover::catch_up`], but stops as soon as a pass carries at most `lag` changes: under
+    /// a steady write load the lag never reaches zero, and the cutover drains the rest fenced.
+    pub async fn catch_up_until(&self, from: Lsn, lag: usize) -> Result<(Lsn, u64), MoveError> {
         let mut position = from;
         let mut applied = 0;
         loop {
@@ -137,7 +143,8 @@ impl Mover {
                     .map_err(MoveError::Target)?
                     .applied;
             }
-            let idle = records.is_empty() && next == position;
+            let idle =
+                (records.is_empty() && next == position) || (lag > 0 && records.len() <= lag);
             position = next;
             if idle {
                 return Ok((position, applied));

@@ -141,3 +141,171 @@ async fn a_scope_copied_under_writes_catches_up_and_verifies_equal() {
     assert_eq!(repaired, 0, "every source record was already there");
     assert_eq!(mover.verify().await.unwrap().differing.len(), 1);
 }
+
+mod waves {
+    use super::node;
+    use axum::http::StatusCode;
+    use domicile_client::region::RegionClient;
+    use domicile_core::{BucketCount, Epoch};
+    use domicile_migrate::Mover;
+    use domicile_migrate::wave::{self, Control, Step, Wave, WaveSpec};
+    use domicile_wire::api::RangeRequest;
+    use std::sync::Mutex;
+
+    /// The control plane's part, done by hand against the same region nodes: checkpoints kept
+    /// in memory (every one, to check the order of steps), the commit as release + own.
+    struct Hand {
+        source: RegionClient,
+        target: RegionClient,
+        steps: Mutex<Vec<Step>>,
+    }
+
+    impl Control for Hand {
+        async fn checkpoint(&self, wave: &Wave) -> Result<(), String> {
+            self.steps.lock().unwrap().push(wave.step);
+            Ok(())
+        }
+        async fn commit(&self, spec: &WaveSpec, epoch: Epoch) -> Result<(), String> {
+            let range = |owner| RangeRequest {
+                service: spec.service.clone(),
+                market: spec.market,
+                buckets: spec.buckets,
+                epoch,
+                owner,
+            };
+            self.source
+                .release(&range(Some(spec.target.clone())))
+                .await
+                .map_err(|e| e.to_string())?;
+            self.target
+                .own(&range(None))
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    async fn setup(
+        dir: &std::path::Path,
+    ) -> (reqwest::Client, String, String, Mover, Hand, WaveSpec) {
+        let (source_url, _) = node("cn-beijing", dir).await;
+        let (target_url, _) = node("ap-singapore", dir).await;
+        let http = reqwest::Client::new();
+        for i in 0..200 {
+            let r = http
+                .put(format!("{source_url}/v1/users/id{}/orders/o{i}", i % 20))
+                .header("x-domicile-market", "ID")
+                .body(format!("order {i}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+        let spec = WaveSpec {
+            service: "ecommerce".parse().unwrap(),
+            market: "ID".parse().unwrap(),
+            buckets: BucketCount::DEFAULT.all(),
+            source: "cn-beijing".parse().unwrap(),
+            target: "ap-singapore".parse().unwrap(),
+            epoch: Epoch(1),
+            rollback_window: std::time::Duration::ZERO,
+        };
+        let client = |u: &str| RegionClient::new(u.to_string(), http.clone());
+        let mover = Mover {
+            source: client(&source_url),
+            target: client(&target_url),
+            scope: spec.scope(),
+        };
+        let hand = Hand {
+            source: client(&source_url),
+            target: client(&target_url),
+            steps: Mutex::new(Vec::new()),
+        };
+        (http, source_url, target_url, mover, hand, spec)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wave_runs_through_every_step_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (http, source_url, target_url, mover, hand, spec) = setup(dir.path()).await;
+        let mut w = Wave::new(spec);
+        wave::run(&mut w, &mover, &hand).await.unwrap();
+        assert_eq!(
+            *hand.steps.lock().unwrap(),
+            [
+                Step::Copying,
+                Step::CatchingUp,
+                Step::Verifying,
+                Step::CuttingOver,
+                Step::Completed
+            ]
+        );
+        assert!(
+            w.verified && w.records_copied == 200 && w.purged == 200,
+            "{w:?}"
+        );
+        let get = |base: &str| {
+            http.get(format!("{base}/v1/users/id3/orders/o3"))
+                .header("x-domicile-market", "ID")
+                .send()
+        };
+        assert_eq!(
+            get(&target_url).await.unwrap().text().await.unwrap(),
+            "order 3"
+        );
+        let old = get(&source_url).await.unwrap();
+        assert_eq!(old.status(), StatusCode::MISDIRECTED_REQUEST);
+        let snapshot = mover
+            .source
+            .snapshot(&w.spec.scope())
+            .await
+            .unwrap()
+            .next_batch(10)
+            .await
+            .unwrap();
+        assert_eq!(snapshot, None, "no copy left behind at the source");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wave_rolled_back_before_cutover_gives_the_source_its_writes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (http, source_url, _, mover, hand, spec) = setup(dir.path()).await;
+        // As if the mover crashed mid-cutover: the copy is at the target, the source is fenced.
+        mover.copy(|_| {}).await.unwrap();
+        let fence = RangeRequest {
+            service: spec.service.clone(),
+            market: spec.market,
+            buckets: spec.buckets,
+            epoch: Epoch(1),
+            owner: None,
+        };
+        mover.source.fence(&fence).await.unwrap();
+        let mut w = Wave::new(spec);
+        w.step = Step::CuttingOver;
+        wave::request_rollback(&mut w).unwrap();
+        wave::run(&mut w, &mover, &hand).await.unwrap();
+        assert_eq!(w.step, Step::RolledBack);
+        let r = http
+            .put(format!("{source_url}/v1/users/id3/orders/after"))
+            .header("x-domicile-market", "ID")
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "the source takes writes again");
+        assert_eq!(
+            mover
+                .target
+                .snapshot(&w.spec.scope())
+                .await
+                .unwrap()
+                .next_batch(10)
+                .await
+                .unwrap(),
+            None,
+            "the target's partial copy is gone"
+        );
+        // A wave that has cut over cannot roll back: that is a move in the other direction.
+        w.step = Step::Completed;
+        assert!(wave::request_rollback(&mut w).is_err());
+    }
+}
