@@ -78,6 +78,7 @@ pub async fn run_copy_bench(records: u64, dir: &Path) -> Result<CopyBenchReport,
         source,
         target,
         scope,
+        buckets: domicile_core::BucketCount::DEFAULT,
     };
     let copied = mover.copy(|_| {}).await?;
     let verified = mover.verify().await?.equal();

@@ -325,6 +325,7 @@ async fn cutover(args: CutoverArgs) -> Result<()> {
     } else {
         indicatif::ProgressBar::new(args.cutovers as u64)
     };
+    let unlimited = domicile_migrate::throttle::Throttle::new(None);
     for k in 0..args.cutovers {
         let table = control.current().await?;
         let row = table
@@ -352,6 +353,7 @@ async fn cutover(args: CutoverArgs) -> Result<()> {
             source: RegionClient::new(url(&spec.source)?, domicile_client::http_client()),
             target: RegionClient::new(url(&spec.target)?, domicile_client::http_client()),
             scope: spec.scope(),
+            buckets: table.buckets,
         };
         let ctl = HttpControl {
             url: e.control.clone(),
@@ -360,7 +362,7 @@ async fn cutover(args: CutoverArgs) -> Result<()> {
             name: format!("bench-cutover-{k}"),
         };
         let mut w = Wave::new(spec);
-        wave::run(&mut w, &mover, &ctl)
+        wave::run(&mut w, &mover, &ctl, &unlimited)
             .await
             .with_context(|| format!("cutover {k}"))?;
         verified &= w.verified;

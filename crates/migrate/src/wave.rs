@@ -1,23 +1,27 @@
-//! One wave of a move — one scope from its source region to its target — as an explicit state
-//! machine (DESIGN.md §5):
+//! One wave of a move — one scope (service × market × bucket range) from its source region to
+//! its target — as an explicit state machine (DESIGN.md §5; the crash argument for each step is
+//! in `docs/design/migration-engine.md`):
 //!
 //! ```text
 //! Pending → Copying → CatchingUp → Verifying → CuttingOver → Reversing → Completed
-//!                                                 (RollingBack → RolledBack from any step before Completed)
+//!    └──────────┴──────────┴───────────┴────────────┴────────────┴──→ RollingBack → RolledBack
 //! ```
 //!
-//! Every step is idempotent and the state is checkpointed after each one, so a crash resumes
-//! from the last checkpoint: a copy runs again (imports keep the higher version), a catch-up
-//! restarts from the saved LSN, a fence that already holds is accepted again, and a cutover that
-//! already committed is recognised from the routing table.
+//! Every step is idempotent and the state is checkpointed after each one (and after every
+//! copied chunk), so a crash resumes from the last checkpoint: the copy goes on from the first
+//! bucket not yet copied whole (imports keep the higher version), a catch-up restarts from the
+//! saved LSN, a fence that already holds is accepted again, and who owns the range is read from
+//! the control plane's committed table, never guessed.
 
-use crate::mover::{CopyReport, MoveError, Mover};
+use crate::mover::{Applied, ChunkDone, MoveError, Mover};
+use crate::throttle::Throttle;
 use domicile_client::ClientError;
-use domicile_core::{BucketRange, BucketSet, Epoch, Market, RegionId, ServiceName};
+use domicile_core::{Bucket, BucketRange, BucketSet, Epoch, Market, RegionId, ServiceName};
 use domicile_store::Lsn;
 use domicile_wire::api::{RangeRequest, ScopeRequest};
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +37,18 @@ pub enum Step {
     RolledBack,
 }
 
+impl Step {
+    /// Completed and RolledBack are final.
+    pub fn is_final(self) -> bool {
+        matches!(self, Step::Completed | Step::RolledBack)
+    }
+
+    /// Every step before Completed may roll back.
+    pub fn may_roll_back(self) -> bool {
+        !matches!(self, Step::Completed | Step::RolledBack)
+    }
+}
+
 /// What a wave moves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WaveSpec {
@@ -43,8 +59,8 @@ pub struct WaveSpec {
     pub target: RegionId,
     /// The epoch the source owns the range at when the wave starts.
     pub epoch: Epoch,
-    /// How long the target's changes flow back to the source after the cutover (zero, or the
-    /// policy forbids the data to return: no reversing).
+    /// How long the target's changes flow back to the source after the cutover: zero when the
+    /// policy forbids the data to return to the source (then there is no Reversing step).
     pub rollback_window: Duration,
 }
 
@@ -66,6 +82,19 @@ impl WaveSpec {
             owner,
         }
     }
+
+    /// The part of the scope from bucket `first` on (what a resumed copy still has to copy).
+    fn scope_from(&self, first: u32) -> Option<ScopeRequest> {
+        let first = u16::try_from(first).ok()?;
+        (first <= self.buckets.last).then(|| ScopeRequest {
+            service: self.service.clone(),
+            market: self.market,
+            buckets: BucketSet::from_ranges([BucketRange {
+                first,
+                last: self.buckets.last,
+            }]),
+        })
+    }
 }
 
 /// A wave's checkpointed state.
@@ -73,36 +102,61 @@ impl WaveSpec {
 pub struct Wave {
     pub spec: WaveSpec,
     pub step: Step,
-    /// The source LSN the target has caught up to.
+    /// The source LSN the target has every change up to (while copying: the first snapshot's).
     pub position: Lsn,
-    /// The target LSN at the cutover: reversing starts after it.
+    /// Copying: every bucket below this one is at the target whole.
+    pub copied_below: u32,
+    /// Buckets whose digests are not known equal since their last change: checked again, with
+    /// the source fenced, before the cutover commits.
+    pub unverified: BTreeSet<Bucket>,
+    /// CuttingOver: the source is fenced and drained up to `position`.
+    pub drained: bool,
+    /// The target's LSN when the source was drained: reversing starts after it.
     pub reverse_from: Lsn,
+    /// The epoch the target owns the range at after the cutover.
+    pub committed_epoch: Option<Epoch>,
+    /// Reversing ends at this time (Unix ms; a crash does not extend the window).
+    pub reverse_until_ms: u64,
     pub records_copied: u64,
     pub bytes_copied: u64,
     pub records_applied: u64,
+    pub records_reversed: u64,
     pub keys_repaired: u64,
+    /// Every bucket's digest was equal at the cutover, with the source fenced.
     pub verified: bool,
     /// Writes to the range were refused (fenced) for this long during the cutover.
     pub write_unavailable_ms: f64,
-    /// Stored entries purged at the source when the wave completed.
+    /// Stored entries purged when the wave ended (at the source, or at the target if rolled back).
     pub purged: u64,
 }
 
 impl Wave {
     pub fn new(spec: WaveSpec) -> Self {
         Self {
+            copied_below: u32::from(spec.buckets.first),
             spec,
             step: Step::Pending,
             position: Lsn(0),
+            unverified: BTreeSet::new(),
+            drained: false,
             reverse_from: Lsn(0),
+            committed_epoch: None,
+            reverse_until_ms: 0,
             records_copied: 0,
             bytes_copied: 0,
             records_applied: 0,
+            records_reversed: 0,
             keys_repaired: 0,
             verified: false,
             write_unavailable_ms: 0.0,
             purged: 0,
         }
+    }
+
+    fn absorb(&mut self, applied: Applied) {
+        self.position = applied.position;
+        self.records_applied += applied.records;
+        self.unverified.extend(applied.buckets);
     }
 }
 
@@ -112,52 +166,90 @@ pub enum WaveError {
     Move(#[from] MoveError),
     #[error("{0}")]
     Region(ClientError),
-    #[error("committing the new epoch: {0}")]
-    Commit(String),
-    #[error("digests still differ after repair in buckets {0:?}")]
-    Unverified(Vec<domicile_core::Bucket>),
-    #[error("checkpoint: {0}")]
-    Checkpoint(String),
+    #[error("control plane: {0}")]
+    Control(String),
+    #[error(
+        "digests of {service}/{market} still differ in buckets {buckets:?} with the source fenced"
+    )]
+    Unverified {
+        service: ServiceName,
+        market: Market,
+        buckets: Vec<Bucket>,
+    },
+    #[error("a wave in {0:?} cannot roll back: it has completed; move the range back instead")]
+    TooLateToRollBack(Step),
 }
 
-/// What the wave needs from the control plane: durable checkpoints, and the epoch commit.
+/// What the operator asked for, seen between steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    None,
+    /// Stop at the next step boundary (after its checkpoint); `run` returns with the step kept.
+    Pause,
+    /// Roll back at the next step boundary.
+    RollBack,
+}
+
+/// What the wave needs from the control plane: durable checkpoints, the committed owner of a
+/// range, and the epoch commit.
 #[allow(async_fn_in_trait)]
 pub trait Control {
     /// Persists the wave's state durably before the next step starts.
     async fn checkpoint(&self, wave: &Wave) -> Result<(), String>;
-    /// Commits `target` as the range's owner at `epoch` (releasing the source, owning at the
-    /// target, publishing the routing table). Must be idempotent.
-    async fn commit(&self, spec: &WaveSpec, epoch: Epoch) -> Result<(), String>;
+    /// Commits `owner` as the range's owner at a new epoch (releasing the other region, owning
+    /// at `owner`, publishing the routing table). Idempotent. Returns the epoch.
+    async fn commit(&self, spec: &WaveSpec, owner: &RegionId) -> Result<Epoch, String>;
+    /// The range's owner and epoch in the committed routing table.
+    async fn owner(&self, spec: &WaveSpec) -> Result<(RegionId, Epoch), String>;
+    /// Polled between steps.
+    fn interrupt(&self) -> Interrupt {
+        Interrupt::None
+    }
 }
 
 /// The lag (changes per catch-up pass) below which a wave fences the source.
 const CUTOVER_LAG: usize = 256;
 
-/// How many verify-and-repair rounds before a wave gives up.
+/// Verify-and-repair rounds before the cutover; buckets that keep changing are left to the
+/// fenced check, where they cannot change.
 const REPAIR_ROUNDS: usize = 3;
 
-/// Runs a wave from its checkpointed step to `Completed`.
-pub async fn run(wave: &mut Wave, mover: &Mover, control: &impl Control) -> Result<(), WaveError> {
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn checkpoint(control: &impl Control, wave: &Wave) -> Result<(), WaveError> {
+    control.checkpoint(wave).await.map_err(WaveError::Control)
+}
+
+/// Runs a wave from its checkpointed step until it is Reversing (the engine pumps the reverse
+/// stream and completes it when the window closes), Completed, RolledBack, or paused.
+pub async fn run(
+    wave: &mut Wave,
+    mover: &Mover,
+    control: &impl Control,
+    throttle: &Throttle,
+) -> Result<(), WaveError> {
     loop {
+        match control.interrupt() {
+            Interrupt::Pause if !wave.step.is_final() => return Ok(()),
+            Interrupt::RollBack if wave.step.may_roll_back() && wave.step != Step::RollingBack => {
+                wave.step = Step::RollingBack;
+                checkpoint(control, wave).await?;
+            }
+            _ => {}
+        }
         match wave.step {
             Step::Pending => wave.step = Step::Copying,
             Step::Copying => {
-                let CopyReport {
-                    snapshot_lsn,
-                    records,
-                    bytes,
-                    applied,
-                    ..
-                } = mover.copy(|_| {}).await?;
-                wave.position = snapshot_lsn;
-                (wave.records_copied, wave.bytes_copied) = (records, bytes);
-                wave.records_applied += applied;
+                copy(wave, mover, control, throttle).await?;
                 wave.step = Step::CatchingUp;
             }
             Step::CatchingUp => {
-                let (position, applied) = mover.catch_up(wave.position).await?;
-                wave.position = position;
-                wave.records_applied += applied;
+                let applied = mover.catch_up_until(wave.position, 0).await?;
+                wave.absorb(applied);
                 wave.step = Step::Verifying;
             }
             Step::Verifying => {
@@ -169,23 +261,178 @@ pub async fn run(wave: &mut Wave, mover: &Mover, control: &impl Control) -> Resu
                 if wave.spec.rollback_window.is_zero() {
                     purge_source(wave, mover).await?;
                 } else {
+                    wave.reverse_until_ms = now_ms() + wave.spec.rollback_window.as_millis() as u64;
                     wave.step = Step::Reversing;
                 }
             }
-            Step::Reversing => {
-                reverse(wave, mover).await?;
-                purge_source(wave, mover).await?;
-            }
-            Step::Completed | Step::RolledBack => return Ok(()),
-            Step::RollingBack => {
-                roll_back(wave, mover).await?;
-            }
+            Step::Reversing | Step::Completed | Step::RolledBack => return Ok(()),
+            Step::RollingBack => roll_back(wave, mover, control).await?,
         }
-        control
-            .checkpoint(wave)
-            .await
-            .map_err(WaveError::Checkpoint)?;
+        checkpoint(control, wave).await?;
     }
+}
+
+/// Copies the scope from the first bucket not yet copied whole, checkpointing after each chunk.
+async fn copy(
+    wave: &mut Wave,
+    mover: &Mover,
+    control: &impl Control,
+    throttle: &Throttle,
+) -> Result<(), WaveError> {
+    let Some(scope) = wave.spec.scope_from(wave.copied_below) else {
+        return Ok(());
+    };
+    let (base_records, base_bytes, base_applied) =
+        (wave.records_copied, wave.bytes_copied, wave.records_applied);
+    let resumed = wave.position != Lsn(0);
+    let report = mover
+        .copy_chunks(&scope, throttle, async |c: ChunkDone| {
+            // Catch-up must start at the first snapshot: the buckets copied before a crash
+            // missed the changes made since it.
+            if !resumed {
+                wave.position = c.snapshot_lsn;
+            }
+            wave.copied_below = wave.copied_below.max(c.complete_below);
+            wave.records_copied = base_records + c.records;
+            wave.bytes_copied = base_bytes + c.bytes;
+            wave.records_applied = base_applied + c.applied;
+            control
+                .checkpoint(wave)
+                .await
+                .map_err(MoveError::Checkpoint)
+        })
+        .await?;
+    if !resumed {
+        wave.position = report.snapshot_lsn;
+    }
+    wave.copied_below = u32::from(wave.spec.buckets.last) + 1;
+    Ok(())
+}
+
+/// Compares every bucket's digest; differing buckets are re-copied from the source and checked
+/// again, with the buckets the catch-up touched meanwhile. What still differs (hot buckets
+/// under live writes) is left in `unverified` for the fenced check.
+async fn verify_and_repair(wave: &mut Wave, mover: &Mover) -> Result<(), WaveError> {
+    let mut check: Vec<Bucket> = mover.verify().await?.differing;
+    for _ in 0..REPAIR_ROUNDS {
+        wave.unverified.clear();
+        if check.is_empty() {
+            return Ok(());
+        }
+        wave.keys_repaired += mover.repair(&check).await?;
+        let applied = mover.catch_up_until(wave.position, 0).await?;
+        wave.absorb(applied);
+        let touched: BTreeSet<Bucket> = check
+            .drain(..)
+            .chain(wave.unverified.iter().copied())
+            .collect();
+        let touched: Vec<Bucket> = touched.into_iter().collect();
+        check = mover.verify_buckets(&touched).await?.differing;
+    }
+    wave.unverified.extend(check);
+    Ok(())
+}
+
+/// Catch up until the lag is small, fence the source, drain its last changes, check every
+/// bucket not known equal (nothing can change it now), commit the new epoch. The
+/// write-unavailability window is fence → commit.
+async fn cut_over(wave: &mut Wave, mover: &Mover, control: &impl Control) -> Result<(), WaveError> {
+    let spec = wave.spec.clone();
+    // A crash after the commit and before its checkpoint: the table says who owns the range.
+    let (owner, epoch) = control.owner(&spec).await.map_err(WaveError::Control)?;
+    if owner == spec.target {
+        wave.committed_epoch = Some(epoch);
+        return Ok(());
+    }
+    if !wave.drained {
+        // Catch up until the lag is small, so the fenced drain below is short.
+        let applied = mover.catch_up_until(wave.position, CUTOVER_LAG).await?;
+        wave.absorb(applied);
+    }
+    let started = Instant::now();
+    // Accepted again if a resumed wave finds the fence already up.
+    let fence_lsn = mover
+        .source
+        .fence(&spec.range(spec.epoch, None))
+        .await
+        .map_err(WaveError::Region)?;
+    loop {
+        let applied = mover.catch_up_until(wave.position, 0).await?;
+        wave.absorb(applied);
+        if wave.position.0 >= fence_lsn {
+            break;
+        }
+    }
+    // Nothing can write to the range now: whatever digest differs is a real difference.
+    if !wave.unverified.is_empty() {
+        let check: Vec<Bucket> = wave.unverified.iter().copied().collect();
+        let mut differing = mover.verify_buckets(&check).await?.differing;
+        if !differing.is_empty() {
+            wave.keys_repaired += mover.repair(&differing).await?;
+            differing = mover.verify_buckets(&differing).await?.differing;
+        }
+        if !differing.is_empty() {
+            return Err(WaveError::Unverified {
+                service: spec.service.clone(),
+                market: spec.market,
+                buckets: differing,
+            });
+        }
+        wave.unverified.clear();
+    }
+    wave.verified = true;
+    wave.drained = true;
+    wave.reverse_from = Lsn(mover.target.status_lsn().await.map_err(WaveError::Region)?);
+    // Saved before the commit, so a crash after it still knows where reversing starts.
+    checkpoint(control, wave).await?;
+    let epoch = control
+        .commit(&spec, &spec.target)
+        .await
+        .map_err(WaveError::Control)?;
+    wave.committed_epoch = Some(epoch);
+    wave.write_unavailable_ms = started.elapsed().as_secs_f64() * 1000.0;
+    Ok(())
+}
+
+/// One pull of the target's changes since the cutover, applied at the source, so that a
+/// rollback in the window loses nothing. Waits up to `wait` for changes. Returns the records
+/// applied.
+pub async fn reverse_pass(
+    wave: &mut Wave,
+    mover: &Mover,
+    wait: Duration,
+) -> Result<u64, WaveError> {
+    let (changes, next) = mover
+        .target
+        .changes(&mover.scope, wave.reverse_from, crate::mover::CHUNK, wait)
+        .await
+        .map_err(WaveError::Region)?;
+    let records: Vec<_> = changes.into_iter().filter_map(|c| c.current).collect();
+    let mut applied = 0;
+    if !records.is_empty() {
+        applied = mover
+            .source
+            .import(&mover.scope, &records)
+            .await
+            .map_err(WaveError::Region)?
+            .applied;
+    }
+    wave.reverse_from = next;
+    wave.records_reversed += applied;
+    Ok(applied)
+}
+
+/// Ends a wave in Reversing whose window has closed: the source's copy is purged.
+pub async fn complete(
+    wave: &mut Wave,
+    mover: &Mover,
+    control: &impl Control,
+) -> Result<(), WaveError> {
+    if wave.step == Step::Reversing {
+        purge_source(wave, mover).await?;
+        checkpoint(control, wave).await?;
+    }
+    Ok(())
 }
 
 /// No copy left behind: the source's records and blobs of the scope go (purge is idempotent).
@@ -200,122 +447,60 @@ async fn purge_source(wave: &mut Wave, mover: &Mover) -> Result<(), WaveError> {
     Ok(())
 }
 
-/// Abandons a wave that has not cut over: the source gets its writes back (if it was fenced)
-/// and the target's partial copy is purged. The source never stopped owning the range, so no
-/// acknowledged write is lost.
-pub async fn roll_back(wave: &mut Wave, mover: &Mover) -> Result<(), WaveError> {
-    let range = wave.spec.range(wave.spec.epoch, None);
-    // Unfencing a range that is owned and not fenced is accepted as a no-op.
-    mover
-        .source
-        .unfence(&range)
-        .await
-        .map_err(WaveError::Region)?;
-    mover
-        .target
-        .purge(&wave.spec.scope())
-        .await
-        .map_err(WaveError::Region)?;
-    wave.step = Step::RolledBack;
-    Ok(())
-}
-
-/// Marks a wave for rollback; refused once it has cut over (the target owns the range: moving
-/// it back is a new wave in the other direction, which reversing keeps loss-free).
+/// Marks a wave for rollback; refused once it has completed (the source's copy is gone: moving
+/// the range back is a new wave in the other direction).
 pub fn request_rollback(wave: &mut Wave) -> Result<(), WaveError> {
-    match wave.step {
-        Step::Pending | Step::Copying | Step::CatchingUp | Step::Verifying | Step::CuttingOver => {
+    if wave.step.may_roll_back() {
+        if wave.step != Step::RollingBack {
             wave.step = Step::RollingBack;
-            Ok(())
         }
-        other => Err(WaveError::Commit(format!(
-            "a wave in {other:?} cannot roll back; move the range back instead"
-        ))),
+        Ok(())
+    } else {
+        Err(WaveError::TooLateToRollBack(wave.step))
     }
 }
 
-async fn verify_and_repair(wave: &mut Wave, mover: &Mover) -> Result<(), WaveError> {
-    for _ in 0..REPAIR_ROUNDS {
-        let v = mover.verify().await?;
-        if v.equal() {
-            wave.verified = true;
-            return Ok(());
-        }
-        wave.keys_repaired += mover.repair(&v.differing).await?;
-        let (position, applied) = mover.catch_up(wave.position).await?;
-        wave.position = position;
-        wave.records_applied += applied;
-    }
-    let v = mover.verify().await?;
-    if v.equal() {
-        wave.verified = true;
-        return Ok(());
-    }
-    Err(WaveError::Unverified(v.differing))
-}
-
-/// Catch up until the lag is small, fence the source, drain its last changes, commit the new
-/// epoch. The write-unavailability window is fence → commit.
-async fn cut_over(wave: &mut Wave, mover: &Mover, control: &impl Control) -> Result<(), WaveError> {
-    let spec = &wave.spec;
-    let next = spec.epoch.next();
-    // Catch up until the lag is small, so the fenced drain below is short.
-    let (position, applied) = mover.catch_up_until(wave.position, CUTOVER_LAG).await?;
-    wave.position = position;
-    wave.records_applied += applied;
-    let started = Instant::now();
-    // A resumed wave may find the fence already up (accepted again) or the commit already made
-    // (the source refuses the fence at the old epoch): then re-commit, which is idempotent.
-    let fenced = mover.source.fence(&spec.range(spec.epoch, None)).await;
-    if let Ok(fence_lsn) = fenced {
-        loop {
-            let (position, applied) = mover.catch_up(wave.position).await?;
-            wave.position = position;
-            wave.records_applied += applied;
-            if position.0 >= fence_lsn {
-                break;
-            }
-        }
-        // The drain applied every change up to the fence's LSN, and no write can land after it:
-        // the target now holds exactly the source's data (Verifying checked the copy by digests).
-        wave.reverse_from = Lsn(mover.target.status_lsn().await.map_err(WaveError::Region)?);
-    }
-    control
-        .commit(spec, next)
-        .await
-        .map_err(WaveError::Commit)?;
-    wave.write_unavailable_ms = started.elapsed().as_secs_f64() * 1000.0;
-    Ok(())
-}
-
-/// The target's changes flow back to the source for the rollback window, so that a rollback
-/// loses nothing.
-async fn reverse(wave: &mut Wave, mover: &Mover) -> Result<(), WaveError> {
-    let back = Mover {
-        source: mover.target.clone(),
-        target: mover.source.clone(),
-        scope: mover.scope.clone(),
-    };
-    let until = Instant::now() + wave.spec.rollback_window;
-    let mut position = wave.reverse_from;
-    while Instant::now() < until {
-        let wait = until
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_secs(1));
-        let (changes, next) = back
-            .source
-            .changes(&back.scope, position, crate::mover::CHUNK, wait)
+/// Gives the range back to its source, losing no acknowledged write, and purges the target's
+/// copy. Before the commit the source never stopped owning the range: it is unfenced. After
+/// it (Reversing), the target is fenced, its last changes are drained back to the source (which
+/// has every earlier one from the reverse stream), and the source owns the range again at a new
+/// epoch.
+pub async fn roll_back(
+    wave: &mut Wave,
+    mover: &Mover,
+    control: &impl Control,
+) -> Result<(), WaveError> {
+    let spec = wave.spec.clone();
+    let (owner, epoch) = control.owner(&spec).await.map_err(WaveError::Control)?;
+    if owner == spec.target {
+        let started = Instant::now();
+        let fence_lsn = mover
+            .target
+            .fence(&spec.range(epoch, None))
             .await
             .map_err(WaveError::Region)?;
-        let records: Vec<_> = changes.into_iter().filter_map(|c| c.current).collect();
-        if !records.is_empty() {
-            back.target
-                .import(&back.scope, &records)
-                .await
-                .map_err(WaveError::Region)?;
+        while wave.reverse_from.0 < fence_lsn {
+            reverse_pass(wave, mover, Duration::ZERO).await?;
         }
-        position = next;
+        control
+            .commit(&spec, &spec.source)
+            .await
+            .map_err(WaveError::Control)?;
+        wave.write_unavailable_ms += started.elapsed().as_secs_f64() * 1000.0;
+    } else {
+        // Unfencing a range that is owned and not fenced is accepted as a no-op.
+        mover
+            .source
+            .unfence(&spec.range(epoch, None))
+            .await
+            .map_err(WaveError::Region)?;
     }
-    wave.reverse_from = position;
+    wave.purged = mover
+        .target
+        .purge(&spec.scope())
+        .await
+        .map_err(WaveError::Region)?
+        .records;
+    wave.step = Step::RolledBack;
     Ok(())
 }

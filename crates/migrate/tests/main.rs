@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use domicile_client::region::RegionClient;
-use domicile_core::RegionId;
+use domicile_core::{BucketCount, RegionId};
 use domicile_migrate::Mover;
 use domicile_region::{BoundNode, NodeState};
 use domicile_store::{BlobStore, EmbeddedOptions, EmbeddedStore};
@@ -70,6 +70,7 @@ async fn a_scope_copied_under_writes_catches_up_and_verifies_equal() {
         source: RegionClient::new(source_url.clone(), http.clone()),
         target: RegionClient::new(target_url.clone(), http.clone()),
         scope: scope.clone(),
+        buckets: BucketCount::DEFAULT,
     };
     // Writes keep landing at the source while the copy runs.
     let writer = tokio::spawn({
@@ -146,8 +147,9 @@ mod waves {
     use super::node;
     use axum::http::StatusCode;
     use domicile_client::region::RegionClient;
-    use domicile_core::{BucketCount, Epoch};
+    use domicile_core::{BucketCount, Epoch, RegionId};
     use domicile_migrate::Mover;
+    use domicile_migrate::throttle::Throttle;
     use domicile_migrate::wave::{self, Control, Step, Wave, WaveSpec};
     use domicile_wire::api::RangeRequest;
     use std::sync::Mutex;
@@ -158,14 +160,19 @@ mod waves {
         source: RegionClient,
         target: RegionClient,
         steps: Mutex<Vec<Step>>,
+        owner: Mutex<(RegionId, Epoch)>,
     }
 
     impl Control for Hand {
         async fn checkpoint(&self, wave: &Wave) -> Result<(), String> {
-            self.steps.lock().unwrap().push(wave.step);
+            let mut steps = self.steps.lock().unwrap();
+            if steps.last() != Some(&wave.step) {
+                steps.push(wave.step);
+            }
             Ok(())
         }
-        async fn commit(&self, spec: &WaveSpec, epoch: Epoch) -> Result<(), String> {
+        async fn commit(&self, spec: &WaveSpec, owner: &RegionId) -> Result<Epoch, String> {
+            let epoch = self.owner.lock().unwrap().1.next();
             let range = |owner| RangeRequest {
                 service: spec.service.clone(),
                 market: spec.market,
@@ -173,19 +180,26 @@ mod waves {
                 epoch,
                 owner,
             };
-            self.source
-                .release(&range(Some(spec.target.clone())))
+            let (from, to) = if *owner == spec.target {
+                (&self.source, &self.target)
+            } else {
+                (&self.target, &self.source)
+            };
+            from.release(&range(Some(owner.clone())))
                 .await
                 .map_err(|e| e.to_string())?;
-            self.target
-                .own(&range(None))
-                .await
-                .map_err(|e| e.to_string())
+            to.own(&range(None)).await.map_err(|e| e.to_string())?;
+            *self.owner.lock().unwrap() = (owner.clone(), epoch);
+            Ok(epoch)
+        }
+        async fn owner(&self, _: &WaveSpec) -> Result<(RegionId, Epoch), String> {
+            Ok(self.owner.lock().unwrap().clone())
         }
     }
 
     async fn setup(
         dir: &std::path::Path,
+        rollback_window: std::time::Duration,
     ) -> (reqwest::Client, String, String, Mover, Hand, WaveSpec) {
         let (source_url, _) = node("cn-beijing", dir).await;
         let (target_url, _) = node("ap-singapore", dir).await;
@@ -207,28 +221,65 @@ mod waves {
             source: "cn-beijing".parse().unwrap(),
             target: "ap-singapore".parse().unwrap(),
             epoch: Epoch(1),
-            rollback_window: std::time::Duration::ZERO,
+            rollback_window,
         };
         let client = |u: &str| RegionClient::new(u.to_string(), http.clone());
         let mover = Mover {
             source: client(&source_url),
             target: client(&target_url),
             scope: spec.scope(),
+            buckets: BucketCount::DEFAULT,
         };
         let hand = Hand {
             source: client(&source_url),
             target: client(&target_url),
             steps: Mutex::new(Vec::new()),
+            owner: Mutex::new((spec.source.clone(), spec.epoch)),
         };
         (http, source_url, target_url, mover, hand, spec)
+    }
+
+    fn put(
+        http: &reqwest::Client,
+        base: &str,
+        key: &str,
+    ) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> {
+        http.put(format!("{base}/v1/users/id3/orders/{key}"))
+            .header("x-domicile-market", "ID")
+            .body(key.to_string())
+            .send()
+    }
+
+    fn get(
+        http: &reqwest::Client,
+        base: &str,
+        key: &str,
+    ) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> {
+        http.get(format!("{base}/v1/users/id3/orders/{key}"))
+            .header("x-domicile-market", "ID")
+            .send()
+    }
+
+    async fn is_empty(client: &RegionClient, spec: &WaveSpec) -> bool {
+        client
+            .snapshot(&spec.scope())
+            .await
+            .unwrap()
+            .next_batch(10)
+            .await
+            .unwrap()
+            .is_none()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_wave_runs_through_every_step_and_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let (http, source_url, target_url, mover, hand, spec) = setup(dir.path()).await;
+        let (http, source_url, target_url, mover, hand, spec) =
+            setup(dir.path(), std::time::Duration::ZERO).await;
         let mut w = Wave::new(spec);
-        wave::run(&mut w, &mover, &hand).await.unwrap();
+        wave::run(&mut w, &mover, &hand, &Throttle::new(None))
+            .await
+            .unwrap();
         assert_eq!(
             *hand.steps.lock().unwrap(),
             [
@@ -243,32 +294,21 @@ mod waves {
             w.verified && w.records_copied == 200 && w.purged == 200,
             "{w:?}"
         );
-        let get = |base: &str| {
-            http.get(format!("{base}/v1/users/id3/orders/o3"))
-                .header("x-domicile-market", "ID")
-                .send()
-        };
-        assert_eq!(
-            get(&target_url).await.unwrap().text().await.unwrap(),
-            "order 3"
-        );
-        let old = get(&source_url).await.unwrap();
+        let r = get(&http, &target_url, "o3").await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "order 3");
+        let old = get(&http, &source_url, "o3").await.unwrap();
         assert_eq!(old.status(), StatusCode::MISDIRECTED_REQUEST);
-        let snapshot = mover
-            .source
-            .snapshot(&w.spec.scope())
-            .await
-            .unwrap()
-            .next_batch(10)
-            .await
-            .unwrap();
-        assert_eq!(snapshot, None, "no copy left behind at the source");
+        assert!(
+            is_empty(&mover.source, &w.spec).await,
+            "no copy left behind"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_wave_rolled_back_before_cutover_gives_the_source_its_writes_back() {
+    async fn a_wave_rolled_back_mid_cutover_gives_the_source_its_writes_back() {
         let dir = tempfile::tempdir().unwrap();
-        let (http, source_url, _, mover, hand, spec) = setup(dir.path()).await;
+        let (http, source_url, _, mover, hand, spec) =
+            setup(dir.path(), std::time::Duration::ZERO).await;
         // As if the mover crashed mid-cutover: the copy is at the target, the source is fenced.
         mover.copy(|_| {}).await.unwrap();
         let fence = RangeRequest {
@@ -279,33 +319,67 @@ mod waves {
             owner: None,
         };
         mover.source.fence(&fence).await.unwrap();
+        let fenced = put(&http, &source_url, "during").await.unwrap();
+        assert_eq!(fenced.status(), StatusCode::MISDIRECTED_REQUEST, "fenced");
         let mut w = Wave::new(spec);
         w.step = Step::CuttingOver;
         wave::request_rollback(&mut w).unwrap();
-        wave::run(&mut w, &mover, &hand).await.unwrap();
-        assert_eq!(w.step, Step::RolledBack);
-        let r = http
-            .put(format!("{source_url}/v1/users/id3/orders/after"))
-            .header("x-domicile-market", "ID")
-            .body("x")
-            .send()
+        wave::run(&mut w, &mover, &hand, &Throttle::new(None))
             .await
             .unwrap();
+        assert_eq!(w.step, Step::RolledBack);
+        let r = put(&http, &source_url, "after").await.unwrap();
         assert_eq!(r.status(), StatusCode::OK, "the source takes writes again");
-        assert_eq!(
-            mover
-                .target
-                .snapshot(&w.spec.scope())
-                .await
-                .unwrap()
-                .next_batch(10)
-                .await
-                .unwrap(),
-            None,
-            "the target's partial copy is gone"
+        assert!(
+            is_empty(&mover.target, &w.spec).await,
+            "the partial copy is gone"
         );
-        // A wave that has cut over cannot roll back: that is a move in the other direction.
+        // A wave that has completed cannot roll back: that is a move in the other direction.
         w.step = Step::Completed;
         assert!(wave::request_rollback(&mut w).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rollback_in_the_window_keeps_the_writes_made_at_the_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let (http, source_url, target_url, mover, hand, spec) =
+            setup(dir.path(), std::time::Duration::from_secs(3600)).await;
+        let mut w = Wave::new(spec);
+        let throttle = Throttle::new(None);
+        wave::run(&mut w, &mover, &hand, &throttle).await.unwrap();
+        assert_eq!(w.step, Step::Reversing);
+        // Acknowledged at the new owner during the rollback window: one new, one overwritten.
+        for key in ["new-at-target", "o3"] {
+            let r = put(&http, &target_url, key).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+        // A stale writer at the old owner is refused: one writer per bucket.
+        let stale = put(&http, &source_url, "stale").await.unwrap();
+        assert_eq!(stale.status(), StatusCode::MISDIRECTED_REQUEST);
+        // Part of it flows back before the rollback, the rest is drained by it.
+        wave::reverse_pass(&mut w, &mover, std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        let late = put(&http, &target_url, "late-at-target").await.unwrap();
+        assert_eq!(late.status(), StatusCode::OK);
+        wave::request_rollback(&mut w).unwrap();
+        wave::run(&mut w, &mover, &hand, &throttle).await.unwrap();
+        assert_eq!(w.step, Step::RolledBack);
+        for (key, value) in [
+            ("new-at-target", "new-at-target"),
+            ("o3", "o3"),
+            ("late-at-target", "late-at-target"),
+            ("o23", "order 23"),
+        ] {
+            let r = get(&http, &source_url, key).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{key}");
+            assert_eq!(r.text().await.unwrap(), value);
+        }
+        let refused = get(&http, &target_url, "o3").await.unwrap();
+        assert_eq!(refused.status(), StatusCode::MISDIRECTED_REQUEST);
+        assert!(
+            is_empty(&mover.target, &w.spec).await,
+            "the target's copy is gone"
+        );
     }
 }
