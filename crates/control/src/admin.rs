@@ -105,38 +105,12 @@ pub async fn put_policy(
 ) -> Result<Json<Policy>, ApiError> {
     authorize(&state, &headers)?;
     let policy: Policy = request::json(&request::body(body, 1 << 20).await?)?;
-    policy
-        .validate()
-        .map_err(|m| ApiError::bad("invalid_policy", m))?;
-    let _one_at_a_time = state.changes.lock().await;
-    let mut next = state.table().as_ref().clone();
-    if policy.version <= next.policy.version {
-        return Err(ApiError::Conflict(format!(
-            "policy version {} is not newer than the current {}",
-            policy.version, next.policy.version
-        )));
-    }
-    for (market, m) in &policy.markets {
-        for region in m
-            .allowed
-            .iter()
-            .chain(m.services.values().flat_map(|s| &s.allowed))
-        {
-            if !next.regions.iter().any(|r| &r.id == region) {
-                return Err(ApiError::bad(
-                    "unknown_region",
-                    format!("policy.markets.{market} names unknown region {region}"),
-                ));
-            }
-        }
-    }
-    next.placement.check_policy(&policy).map_err(|v| {
-        ApiError::Conflict(format!(
-            "the current placement would break the new policy: {v}"
-        ))
-    })?;
-    next.policy = policy;
-    Ok(Json(state.commit(next).await?.policy.clone()))
+    Ok(Json(
+        crate::policy_change::change(&state, policy)
+            .await?
+            .policy
+            .clone(),
+    ))
 }
 
 pub async fn get_placement(

@@ -11,6 +11,9 @@
 
 pub mod admin;
 pub mod placement_change;
+pub mod policy_change;
+pub mod ledger;
+pub mod migration;
 pub mod state;
 pub mod table;
 pub mod user_override;
@@ -40,6 +43,23 @@ pub fn router(state: Arc<ControlState>) -> Router {
             "/admin/checkpoints/{name}",
             get(admin::get_checkpoint).put(admin::put_checkpoint),
         )
+        .route(
+            "/admin/migrations",
+            axum::routing::post(migration::api::start),
+        )
+        .route(
+            "/admin/migrations/current",
+            get(migration::api::status),
+        )
+        .route(
+            "/admin/migrations/current/document",
+            get(migration::api::document),
+        )
+        .route(
+            "/admin/migrations/current/{action}",
+            axum::routing::post(migration::api::steer),
+        )
+        .route("/admin/ledger", get(migration::api::get_ledger))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(admin::metrics))
         .fallback(|| async { domicile_http::ApiError::NotFound("no such endpoint".into()) })

@@ -14,7 +14,7 @@ use tokio::sync::{Mutex, watch};
 const TABLE_META: &str = "routing-table";
 
 pub struct ControlState {
-    store: Arc<dyn RegionStore>,
+    pub(crate) store: Arc<dyn RegionStore>,
     table: watch::Sender<Arc<RoutingTable>>,
     /// Admin changes run one at a time (each pushes to region nodes before it commits).
     pub(crate) changes: Mutex<()>,
@@ -23,6 +23,10 @@ pub struct ControlState {
     pub(crate) admin_changes: AtomicU64,
     /// Set when the control plane stops: long polls answer at once instead of holding it open.
     closing: watch::Sender<bool>,
+    /// Ledger appends run one at a time (each reads the head it extends).
+    pub(crate) ledger: Mutex<()>,
+    /// The migration being run, if any (one at a time).
+    pub(crate) migration: Mutex<Option<Arc<crate::migration::Engine>>>,
 }
 
 impl ControlState {
@@ -77,6 +81,8 @@ impl ControlState {
             http: http_client(),
             admin_changes: AtomicU64::new(0),
             closing: watch::channel(false).0,
+            ledger: Mutex::new(()),
+            migration: Mutex::new(None),
         })
     }
 

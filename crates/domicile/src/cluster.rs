@@ -119,6 +119,10 @@ impl Cluster {
             });
         }
 
+        domicile_control::migration::api::resume(&control)
+            .await
+            .context("resume the saved migration")?;
+
         let tokens = TokenIssuer::load_or_create(
             &data_dir.join("gateway.key"),
             Duration::from_secs(24 * 3600),

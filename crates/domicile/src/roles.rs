@@ -46,6 +46,10 @@ pub async fn control(args: ControlArgs) -> Result<()> {
         .with_context(|| format!("listen on {}", args.listen))?;
     let ready =
         serde_json::json!({ "control": format!("http://{addr}"), "admin_token_file": token_file });
+    // A run that was cut short (a crash, a restart) goes on from its last checkpoint.
+    domicile_control::migration::api::resume(&state)
+        .await
+        .context("resume the saved migration")?;
     println!("{ready}");
     tracing::info!(%addr, "control plane serving");
     let closing = state.clone();

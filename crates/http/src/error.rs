@@ -85,6 +85,30 @@ impl ApiError {
     }
 }
 
+/// `code: message`, with internal details kept (for logs and for callers in the same process).
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = self.parts().1;
+        match self {
+            ApiError::PayloadTooLarge { limit } => write!(f, "{code}: body exceeds {limit} bytes"),
+            ApiError::MethodNotAllowed => write!(f, "{code}"),
+            ApiError::Misdirected { message, .. } | ApiError::RetryLater { message, .. } => {
+                write!(f, "{code}: {message}")
+            }
+            ApiError::BadRequest { message, .. }
+            | ApiError::NotFound(message)
+            | ApiError::Unauthorized(message)
+            | ApiError::Forbidden(message)
+            | ApiError::BadGateway(message)
+            | ApiError::PreconditionFailed(message)
+            | ApiError::Conflict(message)
+            | ApiError::ResidencyViolation(message)
+            | ApiError::Unavailable(message)
+            | ApiError::Internal(message) => write!(f, "{code}: {message}"),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

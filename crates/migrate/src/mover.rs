@@ -93,32 +93,27 @@ impl Mover {
     /// `progress` is told the records copied so far after every chunk.
     pub async fn copy(&self, progress: impl Fn(u64) + Send) -> Result<CopyReport, MoveError> {
         let unlimited = Throttle::new(None);
-        self.copy_chunks(&self.scope, &unlimited, async |c: ChunkDone| {
+        let mut run = self.start_copy(&self.scope).await?;
+        while let Some(c) = run.next_chunk(&unlimited).await? {
             progress(c.records);
-            Ok(())
-        })
-        .await
+        }
+        run.finish().await
     }
 
-    /// Copies `scope` (a part of this mover's scope), pacing the chunks by `throttle` and
-    /// calling `on_chunk` (a checkpoint) after each chunk is imported.
-    pub async fn copy_chunks(
-        &self,
-        scope: &ScopeRequest,
-        throttle: &Throttle,
-        mut on_chunk: impl AsyncFnMut(ChunkDone) -> Result<(), MoveError>,
-    ) -> Result<CopyReport, MoveError> {
+    /// Starts copying `scope` (a part of this mover's scope): the caller takes the chunks one
+    /// by one ([`CopyRun::next_chunk`]), checkpointing between them.
+    pub async fn start_copy(&self, scope: &ScopeRequest) -> Result<CopyRun<'_>, MoveError> {
         let started = Instant::now();
         let mut reader = self
             .source
             .snapshot(scope)
             .await
             .map_err(MoveError::Source)?;
-        let mut report = CopyReport {
+        let report = CopyReport {
             snapshot_lsn: reader.lsn,
             ..CopyReport::default()
         };
-        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
         let read = tokio::spawn(async move {
             loop {
                 match reader.next_batch(CHUNK).await {
@@ -135,33 +130,14 @@ impl Mover {
                 }
             }
         });
-        while let Some(batch) = rx.recv().await {
-            let batch: Vec<VersionedRecord> = batch.map_err(MoveError::Source)?;
-            throttle.take(batch.len() as u64).await;
-            let outcome = self
-                .target
-                .import(scope, &batch)
-                .await
-                .map_err(MoveError::Target)?;
-            report.records += batch.len() as u64;
-            report.bytes += batch.iter().map(record_bytes).sum::<u64>();
-            report.applied += outcome.applied;
-            // The last record's bucket may continue in the next chunk; the ones before are whole.
-            let complete_below = batch.last().map_or(0, |r| {
-                u32::from(self.buckets.bucket_of(&r.address.collection.user).0)
-            });
-            on_chunk(ChunkDone {
-                snapshot_lsn: report.snapshot_lsn,
-                records: report.records,
-                bytes: report.bytes,
-                applied: report.applied,
-                complete_below,
-            })
-            .await?;
-        }
-        read.await.map_err(|e| MoveError::Task(e.to_string()))?;
-        report.seconds = started.elapsed().as_secs_f64();
-        Ok(report)
+        Ok(CopyRun {
+            mover: self,
+            scope: scope.clone(),
+            rx,
+            read,
+            report,
+            started,
+        })
     }
 
     /// Applies the source's changes after `from` at the target until a pass finds none (the
@@ -253,9 +229,64 @@ impl Mover {
         }
         let scope = self.sub_scope(buckets);
         let unlimited = Throttle::new(None);
-        let report = self
-            .copy_chunks(&scope, &unlimited, async |_: ChunkDone| Ok(()))
-            .await?;
-        Ok(report.applied)
+        let mut run = self.start_copy(&scope).await?;
+        while run.next_chunk(&unlimited).await?.is_some() {}
+        Ok(run.finish().await?.applied)
+    }
+}
+
+/// A copy under way: its snapshot is read ahead while the caller imports chunk by chunk.
+pub struct CopyRun<'a> {
+    mover: &'a Mover,
+    scope: ScopeRequest,
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<VersionedRecord>, ClientError>>,
+    read: tokio::task::JoinHandle<()>,
+    report: CopyReport,
+    started: Instant,
+}
+
+impl CopyRun<'_> {
+    /// Imports the next chunk at the target (paced by `throttle`); `None` once the snapshot has
+    /// ended.
+    pub async fn next_chunk(&mut self, throttle: &Throttle) -> Result<Option<ChunkDone>, MoveError> {
+        let Some(batch) = self.rx.recv().await else {
+            return Ok(None);
+        };
+        let batch = batch.map_err(MoveError::Source)?;
+        throttle.take(batch.len() as u64).await;
+        let outcome = self
+            .mover
+            .target
+            .import(&self.scope, &batch)
+            .await
+            .map_err(MoveError::Target)?;
+        let r = &mut self.report;
+        r.records += batch.len() as u64;
+        r.bytes += batch.iter().map(record_bytes).sum::<u64>();
+        r.applied += outcome.applied;
+        // The last record's bucket may continue in the next chunk; the ones before are whole.
+        let complete_below = batch.last().map_or(0, |rec| {
+            u32::from(self.mover.buckets.bucket_of(&rec.address.collection.user).0)
+        });
+        Ok(Some(ChunkDone {
+            snapshot_lsn: r.snapshot_lsn,
+            records: r.records,
+            bytes: r.bytes,
+            applied: r.applied,
+            complete_below,
+        }))
+    }
+
+    pub fn snapshot_lsn(&self) -> Lsn {
+        self.report.snapshot_lsn
+    }
+
+    /// The totals, once every chunk was taken.
+    pub async fn finish(mut self) -> Result<CopyReport, MoveError> {
+        (&mut self.read)
+            .await
+            .map_err(|e| MoveError::Task(e.to_string()))?;
+        self.report.seconds = self.started.elapsed().as_secs_f64();
+        Ok(self.report)
     }
 }

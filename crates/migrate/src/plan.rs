@@ -184,7 +184,7 @@ pub enum PlanError {
 }
 
 /// One (service, market) moved by a phase.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Move {
     pub service: ServiceName,
     pub market: Market,
@@ -194,7 +194,7 @@ pub struct Move {
 }
 
 /// One wave of a phase: these buckets of every move of the phase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Wave {
     /// The plan's cumulative percentage this wave ends at.
     pub percent: u8,
@@ -203,7 +203,7 @@ pub struct Wave {
 
 /// A phase checked against a cluster: concrete moves, waves as bucket ranges, and the policy the
 /// control plane publishes when the phase completes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResolvedPhase {
     pub name: String,
     pub moves: Vec<Move>,

@@ -13,7 +13,7 @@
 //! saved LSN, a fence that already holds is accepted again, and who owns the range is read from
 //! the control plane's committed table, never guessed.
 
-use crate::mover::{Applied, ChunkDone, MoveError, Mover};
+use crate::mover::{Applied, MoveError, Mover};
 use crate::throttle::Throttle;
 use domicile_client::ClientError;
 use domicile_core::{Bucket, BucketRange, BucketSet, Epoch, Market, RegionId, ServiceName};
@@ -128,6 +128,10 @@ pub struct Wave {
     pub write_unavailable_ms: f64,
     /// Stored entries purged when the wave ended (at the source, or at the target if rolled back).
     pub purged: u64,
+    /// What moved, as the source held it at the cutover: live records and one BLAKE3 over its
+    /// per-bucket digests (hex), for the ledger.
+    pub moved_records: u64,
+    pub moved_digest: Option<String>,
 }
 
 impl Wave {
@@ -150,6 +154,8 @@ impl Wave {
             verified: false,
             write_unavailable_ms: 0.0,
             purged: 0,
+            moved_records: 0,
+            moved_digest: None,
         }
     }
 
@@ -192,15 +198,18 @@ pub enum Interrupt {
 
 /// What the wave needs from the control plane: durable checkpoints, the committed owner of a
 /// range, and the epoch commit.
-#[allow(async_fn_in_trait)]
-pub trait Control {
+pub trait Control: Sync {
     /// Persists the wave's state durably before the next step starts.
-    async fn checkpoint(&self, wave: &Wave) -> Result<(), String>;
+    fn checkpoint(&self, wave: &Wave) -> impl Future<Output = Result<(), String>> + Send;
     /// Commits `owner` as the range's owner at a new epoch (releasing the other region, owning
     /// at `owner`, publishing the routing table). Idempotent. Returns the epoch.
-    async fn commit(&self, spec: &WaveSpec, owner: &RegionId) -> Result<Epoch, String>;
+    fn commit(
+        &self,
+        spec: &WaveSpec,
+        owner: &RegionId,
+    ) -> impl Future<Output = Result<Epoch, String>> + Send;
     /// The range's owner and epoch in the committed routing table.
-    async fn owner(&self, spec: &WaveSpec) -> Result<(RegionId, Epoch), String>;
+    fn owner(&self, spec: &WaveSpec) -> impl Future<Output = Result<(RegionId, Epoch), String>> + Send;
     /// Polled between steps.
     fn interrupt(&self) -> Interrupt {
         Interrupt::None
@@ -285,26 +294,20 @@ async fn copy(
     let (base_records, base_bytes, base_applied) =
         (wave.records_copied, wave.bytes_copied, wave.records_applied);
     let resumed = wave.position != Lsn(0);
-    let report = mover
-        .copy_chunks(&scope, throttle, async |c: ChunkDone| {
-            // Catch-up must start at the first snapshot: the buckets copied before a crash
-            // missed the changes made since it.
-            if !resumed {
-                wave.position = c.snapshot_lsn;
-            }
-            wave.copied_below = wave.copied_below.max(c.complete_below);
-            wave.records_copied = base_records + c.records;
-            wave.bytes_copied = base_bytes + c.bytes;
-            wave.records_applied = base_applied + c.applied;
-            control
-                .checkpoint(wave)
-                .await
-                .map_err(MoveError::Checkpoint)
-        })
-        .await?;
+    let mut run = mover.start_copy(&scope).await?;
+    // Catch-up must start at the first snapshot: buckets copied before a crash missed the
+    // changes made since it.
     if !resumed {
-        wave.position = report.snapshot_lsn;
+        wave.position = run.snapshot_lsn();
     }
+    while let Some(c) = run.next_chunk(throttle).await? {
+        wave.copied_below = wave.copied_below.max(c.complete_below);
+        wave.records_copied = base_records + c.records;
+        wave.bytes_copied = base_bytes + c.bytes;
+        wave.records_applied = base_applied + c.applied;
+        checkpoint(control, wave).await?;
+    }
+    run.finish().await?;
     wave.copied_below = u32::from(wave.spec.buckets.last) + 1;
     Ok(())
 }
@@ -342,7 +345,7 @@ async fn cut_over(wave: &mut Wave, mover: &Mover, control: &impl Control) -> Res
     let (owner, epoch) = control.owner(&spec).await.map_err(WaveError::Control)?;
     if owner == spec.target {
         wave.committed_epoch = Some(epoch);
-        return Ok(());
+        return record_moved(wave, mover).await;
     }
     if !wave.drained {
         // Catch up until the lag is small, so the fenced drain below is short.
@@ -391,6 +394,26 @@ async fn cut_over(wave: &mut Wave, mover: &Mover, control: &impl Control) -> Res
         .map_err(WaveError::Control)?;
     wave.committed_epoch = Some(epoch);
     wave.write_unavailable_ms = started.elapsed().as_secs_f64() * 1000.0;
+    record_moved(wave, mover).await
+}
+
+/// The source is frozen after the commit (released, nothing reversed yet): its digest is what
+/// moved.
+async fn record_moved(wave: &mut Wave, mover: &Mover) -> Result<(), WaveError> {
+    let spec = &wave.spec;
+    let digests = mover
+        .source
+        .digest(&spec.scope())
+        .await
+        .map_err(WaveError::Region)?;
+    let mut hasher = blake3::Hasher::new();
+    for d in &digests {
+        hasher.update(&d.bucket.0.to_le_bytes());
+        hasher.update(&d.records.to_le_bytes());
+        hasher.update(&d.digest);
+    }
+    wave.moved_records = digests.iter().map(|d| d.records).sum();
+    wave.moved_digest = Some(hasher.finalize().to_hex().to_string());
     Ok(())
 }
 

@@ -1,0 +1,410 @@
+//! Driving a run: phases in order; in each, waves in order (a wave starts once every unit of
+//! the one before has cut over); units of a wave a few at a time; reversing until each unit's
+//! rollback window closes; then the phase completes — sources purged, ledger written, the
+//! phase's policy change published.
+
+use super::units::{UnitControl, make_units, mover};
+use super::{CURRENT, Migration, PhaseState, RunState, now_ms, settled};
+use crate::ledger;
+use crate::state::ControlState;
+use bytes::Bytes;
+use domicile_migrate::throttle::Throttle;
+use domicile_migrate::wave::{self, Control, Interrupt, Step};
+use domicile_store::StoreError;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+/// Units of one wave that run their steps at once (each holds two region connections and, while
+/// copying, a chunk in memory: this bounds both).
+const UNITS_AT_ONCE: usize = 4;
+
+/// The longest a reverse pass waits for the target's next change.
+const REVERSE_POLL: Duration = Duration::from_millis(500);
+
+pub struct Engine {
+    pub(crate) state: Arc<ControlState>,
+    doc: Mutex<Migration>,
+    /// The operator's wish, seen by units between steps.
+    interrupt: watch::Sender<Interrupt>,
+    /// The task driving the run, while there is one.
+    driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn interrupt_of(state: RunState) -> Interrupt {
+    match state {
+        RunState::Paused => Interrupt::Pause,
+        RunState::RollingBack | RunState::RolledBack => Interrupt::RollBack,
+        RunState::Running | RunState::Completed => Interrupt::None,
+    }
+}
+
+async fn persist(state: &ControlState, doc: &Migration) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    state.store.store_meta(CURRENT, Bytes::from(bytes)).await
+}
+
+/// The saved run, if any.
+pub(crate) async fn load(state: &ControlState) -> Result<Option<Migration>, StoreError> {
+    match state.store.load_meta(CURRENT).await? {
+        Some(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("migration document: {e}"))),
+        None => Ok(None),
+    }
+}
+
+impl Engine {
+    /// Saves `doc` as the current run and returns its engine (not yet driven).
+    pub(crate) async fn create(
+        state: Arc<ControlState>,
+        doc: Migration,
+    ) -> Result<Arc<Self>, StoreError> {
+        persist(&state, &doc).await?;
+        Ok(Self::of(state, doc))
+    }
+
+    pub(crate) fn of(state: Arc<ControlState>, doc: Migration) -> Arc<Self> {
+        Arc::new(Self {
+            interrupt: watch::channel(interrupt_of(doc.state)).0,
+            state,
+            doc: Mutex::new(doc),
+            driver: Mutex::new(None),
+        })
+    }
+
+    pub fn interrupt(&self) -> Interrupt {
+        *self.interrupt.borrow()
+    }
+
+    pub async fn snapshot(&self) -> Migration {
+        self.doc.lock().await.clone()
+    }
+
+    /// Changes the document and saves it durably, under one lock (saves are ordered).
+    pub(crate) async fn save(&self, change: impl FnOnce(&mut Migration)) -> Result<(), StoreError> {
+        let mut doc = self.doc.lock().await;
+        change(&mut doc);
+        persist(&self.state, &doc).await
+    }
+
+    /// Sets the run's state (pause, resume, roll back), durably, and tells the units.
+    pub(crate) async fn set_state(&self, next: RunState) -> Result<(), StoreError> {
+        self.save(|m| {
+            m.state = next;
+            if next != RunState::Paused {
+                m.error = None;
+            }
+        })
+        .await?;
+        self.interrupt.send_replace(interrupt_of(next));
+        Ok(())
+    }
+
+    /// Starts driving the run unless a driver is still at work.
+    pub(crate) async fn drive(self: &Arc<Self>) {
+        let mut driver = self.driver.lock().await;
+        if driver.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let engine = self.clone();
+        *driver = Some(tokio::spawn(async move {
+            if let Err(e) = engine.run().await {
+                tracing::error!(error = %e, "migration stopped");
+                let message = e.to_string();
+                let _ = engine
+                    .save(|m| {
+                        m.state = RunState::Paused;
+                        m.error = Some(message);
+                    })
+                    .await;
+                engine.interrupt.send_replace(Interrupt::Pause);
+            }
+        }));
+    }
+
+    /// Phases from the saved one on, until the run completes, rolls back or pauses.
+    async fn run(self: &Arc<Self>) -> Result<(), String> {
+        loop {
+            let doc = self.snapshot().await;
+            match doc.state {
+                RunState::Paused | RunState::Completed | RunState::RolledBack => return Ok(()),
+                RunState::Running | RunState::RollingBack => {}
+            }
+            if doc.phase >= doc.phases.len() {
+                self.save(|m| {
+                    m.state = RunState::Completed;
+                    m.finished_ms = Some(now_ms());
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                tracing::info!(migration = %doc.id, "migration completed");
+                return Ok(());
+            }
+            self.run_phase(doc.phase).await?;
+        }
+    }
+
+    async fn run_phase(self: &Arc<Self>, p: usize) -> Result<(), String> {
+        let doc = self.snapshot().await;
+        let phase = doc.phases[p].resolved.clone();
+        if doc.phases[p].state == PhaseState::Pending {
+            self.save(|m| {
+                m.phases[p].state = PhaseState::Running;
+                m.phases[p].started_ms = Some(now_ms());
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            tracing::info!(phase = %phase.name, "phase started");
+        }
+        let throttle = Arc::new(Throttle::new(phase.rate_limit));
+        let permits = Arc::new(Semaphore::new(UNITS_AT_ONCE));
+        let (settled_tx, mut settled_rx) = mpsc::unbounded_channel::<Result<(), String>>();
+        let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
+        let mut failure = None;
+        for w in 0..phase.waves.len() {
+            if self.interrupt() != Interrupt::None {
+                break;
+            }
+            if self.snapshot().await.phases[p].waves_started <= w {
+                let units = make_units(&self.state.table(), &phase, w);
+                tracing::info!(phase = %phase.name, wave = w + 1, units = units.len(), "wave started");
+                self.save(|m| {
+                    m.phases[p].units.extend(units);
+                    m.phases[p].waves_started = w + 1;
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            }
+            let doc = self.snapshot().await;
+            let mut waiting = 0;
+            for (i, unit) in doc.phases[p].units.iter().enumerate() {
+                if unit.wave != w || unit.run.step.is_final() {
+                    continue;
+                }
+                let (engine, throttle, permits, settled_tx) = (
+                    self.clone(),
+                    throttle.clone(),
+                    permits.clone(),
+                    settled_tx.clone(),
+                );
+                tasks.spawn(async move {
+                    unit_task(engine, p, i, &throttle, &permits, &settled_tx).await
+                });
+                waiting += 1;
+            }
+            while waiting > 0 {
+                match settled_rx.recv().await {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => failure = Some(e),
+                    None => break,
+                }
+                waiting -= 1;
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        // Reversing goes on until every window has closed (or the operator interrupts).
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = Some(e),
+                Err(e) => failure = Some(format!("a unit's task failed: {e}")),
+            }
+        }
+        match (self.interrupt(), failure) {
+            (Interrupt::RollBack, _) => self.roll_back_phase(p).await,
+            (Interrupt::Pause, _) => Ok(()),
+            (Interrupt::None, Some(e)) => {
+                let name = phase.name.clone();
+                self.save(|m| {
+                    m.state = RunState::Paused;
+                    m.error = Some(format!("phase {name}: {e}"));
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                self.interrupt.send_replace(Interrupt::Pause);
+                Ok(())
+            }
+            (Interrupt::None, None) => self.complete_phase(p).await,
+        }
+    }
+
+    /// Every unit of the phase that has not completed goes back to its source.
+    async fn roll_back_phase(self: &Arc<Self>, p: usize) -> Result<(), String> {
+        let doc = self.snapshot().await;
+        for (i, unit) in doc.phases[p].units.iter().enumerate() {
+            if !unit.run.step.may_roll_back() {
+                continue;
+            }
+            let control = UnitControl {
+                engine: self.clone(),
+                phase: p,
+                index: i,
+            };
+            let mut w = unit.run.clone();
+            let mover = mover(self, &w.spec)?;
+            wave::request_rollback(&mut w).map_err(|e| e.to_string())?;
+            control.checkpoint(&w).await?;
+            wave::run(&mut w, &mover, &control, &Throttle::new(None))
+                .await
+                .map_err(|e| format!("rolling back {}/{}: {e}", w.spec.service, w.spec.market))?;
+        }
+        self.save(|m| {
+            m.phases[p].state = PhaseState::RolledBack;
+            m.phases[p].finished_ms = Some(now_ms());
+            m.state = RunState::RolledBack;
+            m.finished_ms = Some(now_ms());
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        tracing::info!(phase = %doc.phases[p].resolved.name, "phase rolled back");
+        Ok(())
+    }
+
+    /// Every unit's window has closed: purge the sources, write the ledger, tighten the policy.
+    async fn complete_phase(self: &Arc<Self>, p: usize) -> Result<(), String> {
+        let doc = self.snapshot().await;
+        let lookback = doc.phases[p].units.len() as u64 + 2;
+        let table = self.state.table();
+        for (i, unit) in doc.phases[p].units.iter().enumerate() {
+            let control = UnitControl {
+                engine: self.clone(),
+                phase: p,
+                index: i,
+            };
+            let mut w = unit.run.clone();
+            if w.step == Step::Reversing {
+                let mover = mover(self, &w.spec)?;
+                wave::complete(&mut w, &mover, &control)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            if w.step != Step::Completed || unit.ledger_seq.is_some() {
+                continue;
+            }
+            let s = &w.spec;
+            let legal_basis = table
+                .policy
+                .markets
+                .get(&s.market)
+                .and_then(|m| m.legal_basis.clone());
+            let jurisdiction = |r: &domicile_core::RegionId| {
+                table
+                    .regions
+                    .iter()
+                    .find(|e| &e.id == r)
+                    .map(|e| e.jurisdiction.to_string())
+            };
+            let body = json!({
+                "migration": doc.id, "phase": doc.phases[p].resolved.name,
+                "service": s.service, "market": s.market, "buckets": s.buckets,
+                "from": s.source, "from_jurisdiction": jurisdiction(&s.source),
+                "to": s.target, "to_jurisdiction": jurisdiction(&s.target),
+                "records": w.moved_records, "records_copied": w.records_copied,
+                "bytes": w.bytes_copied, "digest": w.moved_digest,
+                "purged_at_source": w.purged, "epoch": w.committed_epoch,
+                "legal_basis": legal_basis, "operator": "control-plane (plan)",
+            });
+            let id = format!(
+                "{}/{}/{}/{}/{}",
+                doc.id, doc.phases[p].resolved.name, s.service, s.market, s.buckets
+            );
+            let seq = ledger::append(&self.state, "transfer", &id, body, lookback)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.save(|m| m.phases[p].units[i].ledger_seq = Some(seq))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        // The phase's policy change, applied to the policy as it stands (idempotent: once
+        // applied, the rules remove nothing more).
+        let current = self.state.table().policy.clone();
+        let next = doc.plan.phases[p].apply(&current);
+        if next != current {
+            let version = next.version;
+            crate::policy_change::change(&self.state, next)
+                .await
+                .map_err(|e| format!("publishing the policy after the phase: {e}"))?;
+            ledger::append(
+                &self.state,
+                "policy",
+                &format!("{}/{}/policy", doc.id, doc.phases[p].resolved.name),
+                json!({ "version": version, "rules": doc.plan.phases[p].policy_after,
+                        "after_phase": doc.phases[p].resolved.name }),
+                lookback,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        self.save(|m| {
+            m.phases[p].state = PhaseState::Completed;
+            m.phases[p].finished_ms = Some(now_ms());
+            m.phase = p + 1;
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        tracing::info!(phase = %doc.phases[p].resolved.name, "phase completed");
+        Ok(())
+    }
+}
+
+/// One unit: its steps up to the cutover (reported on `settled`), then its reverse stream until
+/// its window closes.
+async fn unit_task(
+    engine: Arc<Engine>,
+    p: usize,
+    i: usize,
+    throttle: &Throttle,
+    permits: &Semaphore,
+    settled_tx: &mpsc::UnboundedSender<Result<(), String>>,
+) -> Result<(), String> {
+    let control = UnitControl {
+        engine: engine.clone(),
+        phase: p,
+        index: i,
+    };
+    let mut w = engine.snapshot().await.phases[p].units[i].run.clone();
+    let stepped = async {
+        let mover = mover(&engine, &w.spec)?;
+        let _permit = permits
+            .acquire()
+            .await
+            .map_err(|e| format!("unit permits: {e}"))?;
+        wave::run(&mut w, &mover, &control, throttle)
+            .await
+            .map_err(|e| format!("{}/{} buckets {}: {e}", w.spec.service, w.spec.market, w.spec.buckets))?;
+        Ok::<_, String>(mover)
+    }
+    .await;
+    let mover = match stepped {
+        Ok(m) => {
+            let _ = settled_tx.send(Ok(()));
+            m
+        }
+        Err(e) => {
+            let _ = settled_tx.send(Err(e.clone()));
+            return Err(e);
+        }
+    };
+    if !settled(w.step) {
+        return Ok(()); // paused
+    }
+    while w.step == Step::Reversing && control.interrupt() == Interrupt::None {
+        let now = now_ms();
+        if now >= w.reverse_until_ms {
+            break;
+        }
+        let wait = REVERSE_POLL.min(Duration::from_millis(w.reverse_until_ms - now));
+        let applied = wave::reverse_pass(&mut w, &mover, wait)
+            .await
+            .map_err(|e| format!("reversing {}/{}: {e}", w.spec.service, w.spec.market))?;
+        if applied > 0 {
+            control.checkpoint(&w).await?;
+        }
+    }
+    control.checkpoint(&w).await
+}
