@@ -6,6 +6,7 @@
 
 #![deny(clippy::unwrap_used)]
 
+pub mod admin;
 pub mod control;
 pub mod region;
 pub mod region_data;

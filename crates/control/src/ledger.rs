@@ -39,7 +39,14 @@ struct Head {
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-fn hash_of(seq: u64, time_ms: u64, kind: &str, id: &str, body: &serde_json::Value, prev: &str) -> String {
+fn hash_of(
+    seq: u64,
+    time_ms: u64,
+    kind: &str,
+    id: &str,
+    body: &serde_json::Value,
+    prev: &str,
+) -> String {
     let mut h = blake3::Hasher::new();
     h.update(&seq.to_le_bytes());
     h.update(&time_ms.to_le_bytes());
@@ -97,7 +104,10 @@ pub async fn append(
         hash: hash.clone(),
     };
     let bytes = serde_json::to_vec(&entry).map_err(corrupt)?;
-    state.store.store_meta(&entry_key(seq), Bytes::from(bytes)).await?;
+    state
+        .store
+        .store_meta(&entry_key(seq), Bytes::from(bytes))
+        .await?;
     let next = serde_json::to_vec(&Head { seq, hash }).map_err(corrupt)?;
     state.store.store_meta(HEAD, Bytes::from(next)).await?;
     Ok(seq)
@@ -136,7 +146,10 @@ pub fn verify(entries: &[LedgerEntry]) -> Result<(), String> {
             return Err(format!("entry {}: does not follow entry {}", e.seq, i));
         }
         if hash_of(e.seq, e.time_ms, &e.kind, &e.id, &e.body, &e.prev) != e.hash {
-            return Err(format!("entry {}: its hash does not match its contents", e.seq));
+            return Err(format!(
+                "entry {}: its hash does not match its contents",
+                e.seq
+            ));
         }
         prev.clone_from(&e.hash);
     }
@@ -152,7 +165,14 @@ mod tests {
         (1..=n)
             .map(|seq| {
                 let body = serde_json::json!({ "records": seq * 10 });
-                let hash = hash_of(seq, 1000 + seq, "transfer", &format!("t{seq}"), &body, &prev);
+                let hash = hash_of(
+                    seq,
+                    1000 + seq,
+                    "transfer",
+                    &format!("t{seq}"),
+                    &body,
+                    &prev,
+                );
                 let e = LedgerEntry {
                     seq,
                     time_ms: 1000 + seq,

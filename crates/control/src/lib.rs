@@ -10,10 +10,10 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod admin;
-pub mod placement_change;
-pub mod policy_change;
 pub mod ledger;
 pub mod migration;
+pub mod placement_change;
+pub mod policy_change;
 pub mod state;
 pub mod table;
 pub mod user_override;
@@ -47,10 +47,7 @@ pub fn router(state: Arc<ControlState>) -> Router {
             "/admin/migrations",
             axum::routing::post(migration::api::start),
         )
-        .route(
-            "/admin/migrations/current",
-            get(migration::api::status),
-        )
+        .route("/admin/migrations/current", get(migration::api::status))
         .route(
             "/admin/migrations/current/document",
             get(migration::api::document),

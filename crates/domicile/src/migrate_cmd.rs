@@ -1,11 +1,15 @@
 //! `domicile migrate …`: migration plans. `plan FILE` is the dry run: it checks the plan against
 //! the cluster's regions, schema, policy and placement, and estimates every phase and wave.
+//! `run`, `status`, `pause`, `resume` and `rollback` steer the engine of a running control plane.
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Subcommand};
+use domicile_client::admin::AdminClient;
 use domicile_core::ClusterConfig;
 use domicile_latency::LatencyModel;
-use domicile_migrate::plan::{DryRun, MEASURED_COPY_RATE, Plan, Workload};
+use domicile_migrate::plan::{self, DryRun, MEASURED_COPY_RATE, Plan, Workload};
+use domicile_wire::migration::{MigrationStatus, RunState};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::Write as _;
 use std::path::PathBuf;
 
@@ -15,6 +19,50 @@ pub enum MigrateCommand {
     /// phase and wave the buckets, the users, records and bytes that would move, the copy time,
     /// and each market's modelled latency change. Moves nothing.
     Plan(PlanArgs),
+    /// Start the plan on a running control plane, then follow it with a progress bar per phase
+    /// until it completes, pauses or rolls back (`--detach`: start and return).
+    Run(RunArgs),
+    /// The current run: per phase, its state, waves, records and bytes moved, cutover windows.
+    Status(StatusArgs),
+    /// Stop the run at the next step boundary (every step is checkpointed; nothing is undone).
+    Pause(ControlArgs),
+    /// Go on with a paused run from its checkpoints.
+    Resume(ControlArgs),
+    /// Give the current phase's moved ranges back to their sources (no acknowledged write is
+    /// lost: the rollback window's reverse stream and a fenced drain bring them back).
+    Rollback(ControlArgs),
+}
+
+#[derive(Args)]
+pub struct ControlArgs {
+    /// The control plane's URL (`domicile up --ready-file` names it).
+    #[arg(long, env = "DOMICILE_CONTROL")]
+    control: String,
+    /// The file holding the admin token (`admin_token_file` in the ready file).
+    #[arg(long, env = "DOMICILE_ADMIN_TOKEN_FILE")]
+    admin_token_file: PathBuf,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The plan (TOML), e.g. examples/plans/reference-2014.toml.
+    file: PathBuf,
+    #[command(flatten)]
+    control: ControlArgs,
+    /// Start the run and return at once.
+    #[arg(long)]
+    detach: bool,
+    /// Print the final status as JSON (no progress bars).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -40,15 +88,154 @@ pub struct PlanArgs {
 
 pub async fn run(cmd: MigrateCommand) -> Result<()> {
     match cmd {
-        MigrateCommand::Plan(args) => {
-            let text = dry_run(&args)?;
-            // Not print!: a closed pipe (`| head`) is an error to report, not a panic.
-            std::io::stdout()
-                .lock()
-                .write_all(text.as_bytes())
-                .context("write the dry run to stdout")
+        MigrateCommand::Plan(args) => out(&dry_run(&args)?),
+        MigrateCommand::Run(args) => run_plan(args).await,
+        MigrateCommand::Status(args) => {
+            let status = admin(&args.control)?.migration().await?;
+            out(&if args.json {
+                serde_json::to_string_pretty(&status)? + "\n"
+            } else {
+                status_table(&status)
+            })
         }
+        MigrateCommand::Pause(c) => steer(&c, "pause").await,
+        MigrateCommand::Resume(c) => steer(&c, "resume").await,
+        MigrateCommand::Rollback(c) => steer(&c, "rollback").await,
     }
+}
+
+/// Not print!: a closed pipe (`| head`) is an error to report, not a panic.
+fn out(text: &str) -> Result<()> {
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("write to stdout")
+}
+
+fn admin(args: &ControlArgs) -> Result<AdminClient> {
+    let token = std::fs::read_to_string(&args.admin_token_file)
+        .with_context(|| format!("read the admin token {}", args.admin_token_file.display()))?;
+    Ok(AdminClient::new(
+        args.control.clone(),
+        token.trim(),
+        domicile_client::http_client(),
+    ))
+}
+
+async fn steer(args: &ControlArgs, action: &str) -> Result<()> {
+    let status = admin(args)?.steer(action).await?;
+    out(&status_table(&status))
+}
+
+async fn run_plan(args: RunArgs) -> Result<()> {
+    let file = args.file.display();
+    let text = std::fs::read_to_string(&args.file).with_context(|| format!("read plan {file}"))?;
+    let client = admin(&args.control)?;
+    let started = client
+        .start_migration(&text)
+        .await
+        .with_context(|| format!("start plan {file}"))?;
+    if args.detach {
+        return out(&format!("started migration {}\n", started.id));
+    }
+    let status = follow(&client, !args.json).await?;
+    out(&if args.json {
+        serde_json::to_string_pretty(&status)? + "\n"
+    } else {
+        status_table(&status)
+    })?;
+    match status.state {
+        RunState::Completed => Ok(()),
+        RunState::Paused => match &status.error {
+            Some(e) => Err(anyhow!("migration {} paused: {e}", status.id)),
+            None => Ok(()),
+        },
+        other => Err(anyhow!("migration {} ended {other:?}", status.id)),
+    }
+}
+
+/// Polls the run's status until it stops running, with a progress bar per phase.
+pub async fn follow(client: &AdminClient, bars: bool) -> Result<MigrationStatus> {
+    let multi = MultiProgress::new();
+    if !bars {
+        multi.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template("{prefix:>26} [{bar:30}] {pos}/{len} units {msg}")
+        .map_err(|e| anyhow!("progress style: {e}"))?
+        .progress_chars("=> ");
+    let mut phase_bars: Vec<ProgressBar> = Vec::new();
+    loop {
+        let status = client.migration().await?;
+        for (i, p) in status.phases.iter().enumerate() {
+            if phase_bars.len() <= i {
+                let bar = multi.add(ProgressBar::new(0).with_style(style.clone()));
+                bar.set_prefix(format!("phase {} {}", i + 1, p.name));
+                phase_bars.push(bar);
+            }
+            let bar = &phase_bars[i];
+            let cut_over = ["Reversing", "Completed", "RolledBack"]
+                .iter()
+                .filter_map(|s| p.steps.get(*s))
+                .sum::<usize>();
+            bar.set_length(p.units as u64);
+            bar.set_position(cut_over as u64);
+            bar.set_message(format!(
+                "· wave {}/{} · {} records · {:?}",
+                p.waves_started, p.waves, p.records_moved, p.state
+            ));
+        }
+        if status.state != RunState::Running && status.state != RunState::RollingBack {
+            for bar in &phase_bars {
+                bar.finish();
+            }
+            return Ok(status);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// The status as a table.
+pub fn status_table(s: &MigrationStatus) -> String {
+    let mut text = format!("migration {} (plan {}): {:?}", s.id, s.plan, s.state);
+    if let Some(e) = &s.error {
+        text.push_str(&format!(" — {e}"));
+    }
+    text.push('\n');
+    let mut rows = vec![vec![
+        "phase".to_string(),
+        "state".into(),
+        "waves".into(),
+        "units".into(),
+        "records".into(),
+        "bytes".into(),
+        "cutovers".into(),
+        "window p99".into(),
+        "max".into(),
+        "verified".into(),
+        "repaired".into(),
+    ]];
+    for p in &s.phases {
+        rows.push(vec![
+            p.name.clone(),
+            format!("{:?}", p.state),
+            format!("{}/{}", p.waves_started, p.waves),
+            p.units.to_string(),
+            p.records_moved.to_string(),
+            plan::bytes(p.bytes_moved),
+            p.cutovers.to_string(),
+            format!("{:.1} ms", p.write_unavailable_ms_p99),
+            format!("{:.1} ms", p.write_unavailable_ms_max),
+            if p.verified { "yes" } else { "NO" }.to_string(),
+            p.keys_repaired.to_string(),
+        ]);
+    }
+    text + &plan::aligned(
+        &rows,
+        &[
+            false, false, true, true, true, true, true, true, true, false, true,
+        ],
+        "  ",
+    )
 }
 
 /// The dry run's text (tables or JSON).
@@ -112,6 +299,7 @@ mod tests {
             .chain(extra.iter().copied());
         match Cli::parse_from(argv).command {
             MigrateCommand::Plan(a) => a,
+            _ => unreachable!("parsed a plan command"),
         }
     }
 

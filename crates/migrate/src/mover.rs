@@ -248,7 +248,10 @@ pub struct CopyRun<'a> {
 impl CopyRun<'_> {
     /// Imports the next chunk at the target (paced by `throttle`); `None` once the snapshot has
     /// ended.
-    pub async fn next_chunk(&mut self, throttle: &Throttle) -> Result<Option<ChunkDone>, MoveError> {
+    pub async fn next_chunk(
+        &mut self,
+        throttle: &Throttle,
+    ) -> Result<Option<ChunkDone>, MoveError> {
         let Some(batch) = self.rx.recv().await else {
             return Ok(None);
         };

@@ -1115,7 +1115,7 @@ fn latency_changes(phase: &ResolvedPhase, model: &LatencyModel) -> Vec<LatencyCh
     out
 }
 
-fn bytes(b: u64) -> String {
+pub fn bytes(b: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if b < 1024 {
         return format!("{b} B");
@@ -1143,7 +1143,7 @@ fn seconds(s: f64) -> String {
 }
 
 /// Columns padded to their widest cell; `right[i]` right-aligns column `i`.
-fn aligned(rows: &[Vec<String>], right: &[bool], gap: &str) -> String {
+pub fn aligned(rows: &[Vec<String>], right: &[bool], gap: &str) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|i| {

@@ -209,7 +209,10 @@ pub trait Control: Sync {
         owner: &RegionId,
     ) -> impl Future<Output = Result<Epoch, String>> + Send;
     /// The range's owner and epoch in the committed routing table.
-    fn owner(&self, spec: &WaveSpec) -> impl Future<Output = Result<(RegionId, Epoch), String>> + Send;
+    fn owner(
+        &self,
+        spec: &WaveSpec,
+    ) -> impl Future<Output = Result<(RegionId, Epoch), String>> + Send;
     /// Polled between steps.
     fn interrupt(&self) -> Interrupt {
         Interrupt::None

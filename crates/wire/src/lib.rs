@@ -7,3 +7,4 @@
 
 pub mod api;
 pub mod frame;
+pub mod migration;

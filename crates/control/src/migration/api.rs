@@ -58,7 +58,8 @@ fn config_of(table: &RoutingTable) -> ClusterConfig {
 
 /// Checks `text` against the current table and makes the run's document (nothing moves yet).
 pub fn plan_run(table: &RoutingTable, text: &str) -> Result<Migration, ApiError> {
-    let refused = |e: domicile_migrate::plan::PlanError| ApiError::bad("plan_refused", e.to_string());
+    let refused =
+        |e: domicile_migrate::plan::PlanError| ApiError::bad("plan_refused", e.to_string());
     let plan = Plan::from_toml(text).map_err(refused)?;
     let resolved = plan.validate(&config_of(table)).map_err(refused)?;
     let started_ms = now_ms();

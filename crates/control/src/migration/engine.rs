@@ -376,7 +376,12 @@ async fn unit_task(
             .map_err(|e| format!("unit permits: {e}"))?;
         wave::run(&mut w, &mover, &control, throttle)
             .await
-            .map_err(|e| format!("{}/{} buckets {}: {e}", w.spec.service, w.spec.market, w.spec.buckets))?;
+            .map_err(|e| {
+                format!(
+                    "{}/{} buckets {}: {e}",
+                    w.spec.service, w.spec.market, w.spec.buckets
+                )
+            })?;
         Ok::<_, String>(mover)
     }
     .await;
