@@ -3,7 +3,11 @@
 //! clients per market that add the modelled network delay of their market to every real request
 //! ([`traffic`]), and report per-market latency ([`report`]).
 
+pub mod checker;
+pub mod claims;
+pub mod flash;
 pub mod options;
+pub mod phases;
 pub mod report;
 pub mod seed;
 pub mod stats;
@@ -24,4 +28,6 @@ pub enum DemoError {
     Latency(#[from] domicile_latency::LatencyError),
     #[error("seeding failed: {0}")]
     Seed(String),
+    #[error("migration: {0}")]
+    Migration(String),
 }

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 pub struct PhaseLatency {
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// The real (unmodelled) part of the median request.
+    pub processing_p50_ms: f64,
     pub requests: u64,
     pub errors: u64,
     /// The region(s) that served the market, by requests.
@@ -21,6 +23,27 @@ pub struct ClientTotals {
     pub errors: u64,
 }
 
+/// One phase of the migration, as the report gives it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    pub name: String,
+    pub waves: usize,
+    pub units: usize,
+    pub records_moved: u64,
+    pub bytes_moved: u64,
+    pub cutovers: usize,
+    pub write_unavailable_ms_p50: f64,
+    pub write_unavailable_ms_p99: f64,
+    pub write_unavailable_ms_max: f64,
+    pub verified: bool,
+    pub keys_repaired: u64,
+    /// Acknowledged writes made while this phase ran (or just after it) not found at the end.
+    pub lost_writes: u64,
+    /// Acknowledged writes made while this phase ran found outside their final home too.
+    pub duplicate_writes: u64,
+    pub seconds: Option<f64>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub users: u64,
@@ -31,6 +54,18 @@ pub struct Report {
     pub client: ClientTotals,
     /// `markets.<CODE>.<phase>`: `before` today; the migration adds one entry per phase.
     pub markets: BTreeMap<Market, BTreeMap<String, PhaseLatency>>,
+    /// The migration's id in the control plane.
+    pub migration: Option<String>,
+    pub phases: Vec<PhaseReport>,
+    pub claims: Vec<crate::claims::ClaimCheck>,
+    pub flash_sale: Option<crate::flash::FlashSale>,
+    /// Acknowledged client writes, every one read back at the end.
+    pub acknowledged_writes: u64,
+    /// Records found in a region for a range it does not own (0: no copy left behind).
+    pub copies_left_behind: u64,
+    /// The transfer ledger's hash chain checked.
+    pub ledger_verified: bool,
+    pub ledger_entries: u64,
 }
 
 impl Report {
@@ -41,6 +76,7 @@ impl Report {
             let latency = PhaseLatency {
                 p50_ms: round(t.samples.quantile(0.5).unwrap_or(0.0)),
                 p99_ms: round(t.samples.quantile(0.99).unwrap_or(0.0)),
+                processing_p50_ms: round(t.processing.quantile(0.5).unwrap_or(0.0)),
                 requests: t.requests,
                 errors: t.errors,
                 regions: t.regions,
@@ -50,6 +86,56 @@ impl Report {
                 .or_default()
                 .insert(phase.to_string(), latency);
         }
+    }
+
+    /// The phases as a table.
+    pub fn phases_table(&self) -> String {
+        let mut out = format!(
+            "{:<24} {:>6} {:>9} {:>10} {:>8} {:>9} {:>9} {:>8} {:>8} {:>5} {:>4}\n",
+            "phase",
+            "units",
+            "records",
+            "bytes",
+            "cutovers",
+            "p99 ms",
+            "max ms",
+            "verified",
+            "repaired",
+            "lost",
+            "dup"
+        );
+        for p in &self.phases {
+            out.push_str(&format!(
+                "{:<24} {:>6} {:>9} {:>10} {:>8} {:>9.1} {:>9.1} {:>8} {:>8} {:>5} {:>4}\n",
+                p.name,
+                p.units,
+                p.records_moved,
+                p.bytes_moved,
+                p.cutovers,
+                p.write_unavailable_ms_p99,
+                p.write_unavailable_ms_max,
+                if p.verified { "yes" } else { "NO" },
+                p.keys_repaired,
+                p.lost_writes,
+                p.duplicate_writes
+            ));
+        }
+        out
+    }
+
+    /// The claims as a table.
+    pub fn claims_table(&self) -> String {
+        let mut out = String::new();
+        for c in &self.claims {
+            out.push_str(&format!(
+                "{:<22} {:<42} {:>10} {}\n",
+                c.id,
+                c.claimed,
+                c.modelled.map_or("-".to_string(), |m| format!("{m:.1}")),
+                if c.holds { "holds" } else { "does not hold" }
+            ));
+        }
+        out
     }
 
     /// A readable table of one phase, markets in the reference order.

@@ -4,12 +4,17 @@
 use crate::cluster::Cluster;
 use anyhow::{Context, Result};
 use clap::Args;
+use domicile_client::admin::AdminClient;
 use domicile_client::control::ControlClient;
+use domicile_demo::checker;
 use domicile_demo::options::{DEFAULT_WEIGHTS, parse_weights};
-use domicile_demo::report::ClientTotals;
+use domicile_demo::phases::{self, Setting};
+use domicile_demo::report::{ClientTotals, PhaseReport};
+use domicile_demo::traffic::{Live, hold, window_bar};
 use domicile_demo::{DemoOptions, Report};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
@@ -38,6 +43,23 @@ pub struct DemoArgs {
     /// Seed of the simulated users and traffic.
     #[arg(long, default_value_t = 2014)]
     seed: u64,
+    /// Seconds of traffic measured after each phase of the migration.
+    #[arg(long, default_value_t = 3)]
+    after_seconds: u64,
+    /// Each phase's rollback window (the reference plan's 30 s, shortened so the demo stays
+    /// under a minute).
+    #[arg(long, default_value = "2s", value_parser = parse_window)]
+    rollback_window: u64,
+    /// Orders in the flash sale run while phase 1 moves the shop (0: no sale).
+    #[arg(long, default_value_t = 20_000)]
+    flash_orders: usize,
+    /// Only the "before" picture: no migration.
+    #[arg(long)]
+    no_migration: bool,
+}
+
+fn parse_window(text: &str) -> Result<u64, String> {
+    domicile_migrate::plan::parse_duration(text)
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
@@ -120,23 +142,149 @@ async fn workload(
             errors: 0,
         },
         markets: BTreeMap::new(),
+        migration: None,
+        phases: Vec::new(),
+        claims: Vec::new(),
+        flash_sale: None,
+        acknowledged_writes: 0,
+        copies_left_behind: 0,
+        ledger_verified: false,
+        ledger_entries: 0,
     };
-    let before = domicile_demo::traffic::run(
+    // The table as the control plane publishes it, for the clients' modelled delays.
+    let first = Arc::new(control.current().await?);
+    let before_table = first.as_ref().clone();
+    let tables = Arc::new(tokio::sync::watch::channel(first).0);
+    let watcher = tokio::spawn(control.clone().watch(tables.clone()));
+    let users = Arc::new(seeded.users);
+    let live = Live::start(
         &http,
         &e.gateway,
-        &control,
-        &seeded.users,
+        tables.subscribe(),
+        users.clone(),
         &options,
         "before",
-    )
-    .await?;
-    report.add_phase("before", before);
+    )?;
+    hold(&window_bar(&options, args.seconds, "before"), args.seconds).await;
+
+    let token = std::fs::read_to_string(&e.admin_token_file)
+        .with_context(|| format!("read {}", e.admin_token_file.display()))?;
+    let admin = AdminClient::new(e.control.clone(), token.trim(), http.clone());
+    let migrated = if args.no_migration {
+        None
+    } else {
+        let setting = Setting {
+            http: &http,
+            gateway: &e.gateway,
+            admin: &admin,
+            control: &control,
+            users: &users,
+            options: &options,
+            after_seconds: args.after_seconds,
+            flash_orders: args.flash_orders,
+        };
+        let plan = phases::demo_plan(Duration::from_secs(args.rollback_window))?;
+        eprintln!(
+            "migrating: the reference plan, {} s rollback windows",
+            args.rollback_window
+        );
+        Some(phases::run(&setting, &live, &plan).await)
+    };
+    let traffic = live.stop().await?;
+    watcher.abort();
+    let migrated = migrated.transpose()?;
+    for (label, markets) in traffic.by_label {
+        report.add_phase(&label, markets);
+    }
+    let mut acked = traffic.acked;
+    if let Some(m) = &migrated {
+        report.migration = Some(m.status.id.clone());
+        if let Some(sale) = &m.flash {
+            acked.extend(sale.acked.iter().cloned());
+            report.flash_sale = Some(sale.clone());
+        }
+    }
+    let final_table = control.current().await?;
+    let checked = checker::check(&http, &e.gateway, &users, &acked, &final_table).await?;
+    report.acknowledged_writes = checked.writes;
+    report.copies_left_behind = checked.copies_left_behind;
+    if let Some(m) = &migrated {
+        for p in &m.status.phases {
+            let count = |map: &BTreeMap<String, u64>| {
+                map.get(&p.name).copied().unwrap_or(0)
+                    + map.get(&format!("during:{}", p.name)).copied().unwrap_or(0)
+            };
+            report.phases.push(PhaseReport {
+                name: p.name.clone(),
+                waves: p.waves,
+                units: p.units,
+                records_moved: p.records_moved,
+                bytes_moved: p.bytes_moved,
+                cutovers: p.cutovers,
+                write_unavailable_ms_p50: p.write_unavailable_ms_p50,
+                write_unavailable_ms_p99: p.write_unavailable_ms_p99,
+                write_unavailable_ms_max: p.write_unavailable_ms_max,
+                verified: p.verified,
+                keys_repaired: p.keys_repaired,
+                lost_writes: count(&checked.lost),
+                duplicate_writes: count(&checked.duplicates),
+                seconds: p.seconds,
+            });
+        }
+        let processing = report
+            .markets
+            .values()
+            .filter_map(|m| m.get("before"))
+            .map(|p| p.processing_p50_ms)
+            .fold(0.0, f64::max);
+        let model = domicile_latency::LatencyModel::reference()?;
+        report.claims = domicile_demo::claims::evaluate(
+            &domicile_latency::claims(),
+            &model,
+            &domicile_demo::claims::Evidence {
+                before: &before_table,
+                after: &m.tables,
+                processing_ms: processing,
+                flash_orders_per_s: m.flash.as_ref().map(|f| f.orders_per_s),
+            },
+        );
+        let ledger = admin.ledger().await?;
+        report.ledger_verified = ledger["verified"].as_bool().unwrap_or(false);
+        report.ledger_entries = ledger["entries"].as_array().map_or(0, |a| a.len() as u64);
+    }
     report.seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
 
-    println!(
-        "\nBefore (2014 placement: every market served from its policy's current region)\n{}",
-        report.table("before")
-    );
+    let mut labels = vec!["before".to_string()];
+    labels.extend(report.phases.iter().map(|p| p.name.clone()));
+    for label in &labels {
+        println!("\n{label}\n{}", report.table(label));
+    }
+    if !report.phases.is_empty() {
+        println!(
+            "Migration {}\n{}",
+            report.migration.as_deref().unwrap_or("-"),
+            report.phases_table()
+        );
+        if let Some(f) = &report.flash_sale {
+            println!(
+                "flash sale during phase 1: {} of {} orders accepted in {:.2} s ({:.0} orders/s), {} errors",
+                f.accepted, f.orders, f.seconds, f.orders_per_s, f.errors
+            );
+        }
+        println!("\nPublished claims\n{}", report.claims_table());
+        println!(
+            "acknowledged writes {} (every one read back; lost: {}), copies left behind {}, ledger {} entries, chain {}",
+            report.acknowledged_writes,
+            report.phases.iter().map(|p| p.lost_writes).sum::<u64>(),
+            report.copies_left_behind,
+            report.ledger_entries,
+            if report.ledger_verified {
+                "verified"
+            } else {
+                "BROKEN"
+            }
+        );
+    }
     println!(
         "users {}  records {}  photos {}  client requests {}  client errors {}  total {:.1} s",
         report.users,

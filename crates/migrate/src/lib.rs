@@ -13,6 +13,7 @@
 pub mod http_control;
 pub mod mover;
 pub mod plan;
+pub mod status_view;
 pub mod throttle;
 pub mod wave;
 

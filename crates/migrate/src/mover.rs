@@ -183,6 +183,41 @@ impl Mover {
         }
     }
 
+    /// Applies the source's changes after `from` until the position reaches `until` (a fence's
+    /// LSN: nothing of the scope can follow it), without a confirming empty pass.
+    pub async fn drain_to(&self, from: Lsn, until: u64) -> Result<Applied, MoveError> {
+        let mut applied = Applied {
+            position: from,
+            ..Applied::default()
+        };
+        while applied.position.0 < until {
+            let (changes, next) = self
+                .source
+                .changes(&self.scope, applied.position, CHUNK, Duration::ZERO)
+                .await
+                .map_err(MoveError::Source)?;
+            let records: Vec<_> = changes.into_iter().filter_map(|c| c.current).collect();
+            if !records.is_empty() {
+                applied.buckets.extend(
+                    records
+                        .iter()
+                        .map(|r| self.buckets.bucket_of(&r.address.collection.user)),
+                );
+                applied.records += self
+                    .target
+                    .import(&self.scope, &records)
+                    .await
+                    .map_err(MoveError::Target)?
+                    .applied;
+            }
+            if next == applied.position && records.is_empty() {
+                break; // the source has nothing past this point (it is behind the fence LSN)
+            }
+            applied.position = next;
+        }
+        Ok(applied)
+    }
+
     /// Compares per-bucket digests of source and target over the whole scope.
     pub async fn verify(&self) -> Result<Verification, MoveError> {
         self.verify_scope(&self.scope).await

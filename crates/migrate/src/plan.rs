@@ -96,6 +96,9 @@ pub struct Phase {
     /// The policy change that takes effect when the phase completes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policy_after: Vec<PolicyRule>,
+    /// Pause the run when this phase completes (a sign-off point); `resume` starts the next.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pause_after: bool,
 }
 
 /// Where a phase moves data: a region, or the policy's preferred region of each market × service.
@@ -1477,6 +1480,7 @@ mod tests {
                 services: vec![service("cloud")],
                 remove: remove.iter().map(|r| region(r)).collect(),
             }],
+            pause_after: false,
         };
         let next = phase(&["cn-beijing"]).apply(&policy);
         assert_eq!(next.version, 2);

@@ -109,8 +109,6 @@ pub struct Wave {
     /// Buckets whose digests are not known equal since their last change: checked again, with
     /// the source fenced, before the cutover commits.
     pub unverified: BTreeSet<Bucket>,
-    /// CuttingOver: the source is fenced and drained up to `position`.
-    pub drained: bool,
     /// The target's LSN when the source was drained: reversing starts after it.
     pub reverse_from: Lsn,
     /// The epoch the target owns the range at after the cutover.
@@ -142,7 +140,6 @@ impl Wave {
             step: Step::Pending,
             position: Lsn(0),
             unverified: BTreeSet::new(),
-            drained: false,
             reverse_from: Lsn(0),
             committed_epoch: None,
             reverse_until_ms: 0,
@@ -217,7 +214,15 @@ pub trait Control: Sync {
     fn interrupt(&self) -> Interrupt {
         Interrupt::None
     }
+    /// Held from the last catch-up through the commit, if the control plane serialises
+    /// cutovers: a fenced range then never waits for another unit's commit.
+    fn cutover_slot(&self) -> Option<&tokio::sync::Mutex<()>> {
+        None
+    }
 }
+
+/// A cutover whose window exceeds this is logged with its parts.
+const SLOW_CUTOVER_MS: f64 = 100.0;
 
 /// The lag (changes per catch-up pass) below which a wave fences the source.
 const CUTOVER_LAG: usize = 256;
@@ -347,11 +352,31 @@ async fn cut_over(wave: &mut Wave, mover: &Mover, control: &impl Control) -> Res
     // A crash after the commit and before its checkpoint: the table says who owns the range.
     let (owner, epoch) = control.owner(&spec).await.map_err(WaveError::Control)?;
     if owner == spec.target {
+        // Committed before a crash: the source was drained and verified (the commit follows
+        // both); where reversing starts was not saved, so it starts at the beginning.
         wave.committed_epoch = Some(epoch);
+        wave.verified = true;
+        wave.reverse_from = Lsn(0);
         return record_moved(wave, mover).await;
     }
-    if !wave.drained {
-        // Catch up until the lag is small, so the fenced drain below is short.
+    let _slot = match control.cutover_slot() {
+        Some(slot) => Some(slot.lock().await),
+        None => None,
+    };
+    // Catch up until the lag is small, so the fenced drain below is short; compare the buckets
+    // changed since Verifying while writes still flow, so that the fenced check below only
+    // covers the few changed in the last moments.
+    let applied = mover.catch_up_until(wave.position, CUTOVER_LAG).await?;
+    wave.absorb(applied);
+    if !wave.unverified.is_empty() {
+        let check: Vec<Bucket> = wave.unverified.iter().copied().collect();
+        let differing: BTreeSet<Bucket> = mover
+            .verify_buckets(&check)
+            .await?
+            .differing
+            .into_iter()
+            .collect();
+        wave.unverified.retain(|b| differing.contains(b));
         let applied = mover.catch_up_until(wave.position, CUTOVER_LAG).await?;
         wave.absorb(applied);
     }
@@ -362,17 +387,21 @@ async fn cut_over(wave: &mut Wave, mover: &Mover, control: &impl Control) -> Res
         .fence(&spec.range(spec.epoch, None))
         .await
         .map_err(WaveError::Region)?;
-    loop {
-        let applied = mover.catch_up_until(wave.position, 0).await?;
-        wave.absorb(applied);
-        if wave.position.0 >= fence_lsn {
-            break;
-        }
-    }
-    // Nothing can write to the range now: whatever digest differs is a real difference.
+    let fenced_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let applied = mover.drain_to(wave.position, fence_lsn).await?;
+    let drained_records = applied.records;
+    wave.absorb(applied);
+    let drain_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // Nothing can write to the range now: whatever digest differs is a real difference. The
+    // target's LSN (where reversing will start) is read alongside: nothing writes there either.
+    let check: Vec<Bucket> = wave.unverified.iter().copied().collect();
+    let mut fenced_repairs = 0;
+    let (verification, target_lsn) =
+        tokio::join!(mover.verify_buckets(&check), mover.target.status_lsn());
+    wave.reverse_from = Lsn(target_lsn.map_err(WaveError::Region)?);
     if !wave.unverified.is_empty() {
-        let check: Vec<Bucket> = wave.unverified.iter().copied().collect();
-        let mut differing = mover.verify_buckets(&check).await?.differing;
+        let mut differing = verification?.differing;
+        fenced_repairs = differing.len();
         if !differing.is_empty() {
             wave.keys_repaired += mover.repair(&differing).await?;
             differing = mover.verify_buckets(&differing).await?.differing;
@@ -387,16 +416,26 @@ async fn cut_over(wave: &mut Wave, mover: &Mover, control: &impl Control) -> Res
         wave.unverified.clear();
     }
     wave.verified = true;
-    wave.drained = true;
-    wave.reverse_from = Lsn(mover.target.status_lsn().await.map_err(WaveError::Region)?);
-    // Saved before the commit, so a crash after it still knows where reversing starts.
-    checkpoint(control, wave).await?;
+    let drained_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // `reverse_from` is not checkpointed before the commit (that would lengthen the fenced
+    // window by a durable write): a crash between the commit and the next checkpoint reverses
+    // from the start of the target's log instead — the copy's imports come back as no-ops.
     let epoch = control
         .commit(&spec, &spec.target)
         .await
         .map_err(WaveError::Control)?;
     wave.committed_epoch = Some(epoch);
     wave.write_unavailable_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if wave.write_unavailable_ms > SLOW_CUTOVER_MS {
+        tracing::info!(
+            service = %spec.service, market = %spec.market, buckets = %spec.buckets,
+            total_ms = wave.write_unavailable_ms, fence_ms = fenced_ms,
+            drain_ms = drain_ms - fenced_ms, drained_records, checked_buckets = check.len(), fenced_repairs,
+            drain_and_check_ms = drained_ms - fenced_ms,
+            commit_ms = wave.write_unavailable_ms - drained_ms,
+            "slow cutover"
+        );
+    }
     record_moved(wave, mover).await
 }
 

@@ -31,6 +31,8 @@ pub struct Engine {
     interrupt: watch::Sender<Interrupt>,
     /// The task driving the run, while there is one.
     driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// One cutover at a time: a fenced range never waits for another unit's commit.
+    pub(crate) cutover: Mutex<()>,
 }
 
 fn interrupt_of(state: RunState) -> Interrupt {
@@ -72,6 +74,7 @@ impl Engine {
             state,
             doc: Mutex::new(doc),
             driver: Mutex::new(None),
+            cutover: Mutex::new(()),
         })
     }
 
@@ -340,14 +343,21 @@ impl Engine {
             .await
             .map_err(|e| e.to_string())?;
         }
+        let hold = doc.plan.phases[p].pause_after && p + 1 < doc.phases.len();
         self.save(|m| {
             m.phases[p].state = PhaseState::Completed;
             m.phases[p].finished_ms = Some(now_ms());
             m.phase = p + 1;
+            if hold {
+                m.state = RunState::Paused;
+            }
         })
         .await
         .map_err(|e| e.to_string())?;
-        tracing::info!(phase = %doc.phases[p].resolved.name, "phase completed");
+        if hold {
+            self.interrupt.send_replace(Interrupt::Pause);
+        }
+        tracing::info!(phase = %doc.phases[p].resolved.name, paused = hold, "phase completed");
         Ok(())
     }
 }
@@ -404,12 +414,11 @@ async fn unit_task(
             break;
         }
         let wait = REVERSE_POLL.min(Duration::from_millis(w.reverse_until_ms - now));
-        let applied = wave::reverse_pass(&mut w, &mover, wait)
+        // Not checkpointed per pass: after a crash the stream restarts from the last saved
+        // position and re-delivers what it had applied, as no-ops (equal versions).
+        wave::reverse_pass(&mut w, &mover, wait)
             .await
             .map_err(|e| format!("reversing {}/{}: {e}", w.spec.service, w.spec.market))?;
-        if applied > 0 {
-            control.checkpoint(&w).await?;
-        }
     }
     control.checkpoint(&w).await
 }

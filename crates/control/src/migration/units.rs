@@ -55,6 +55,10 @@ impl Control for UnitControl {
     fn interrupt(&self) -> Interrupt {
         self.engine.interrupt()
     }
+
+    fn cutover_slot(&self) -> Option<&tokio::sync::Mutex<()>> {
+        Some(&self.engine.cutover)
+    }
 }
 
 /// The mover between a unit's source and target, at their URLs in the current table.

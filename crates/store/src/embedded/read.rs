@@ -19,6 +19,9 @@ const SNAPSHOT_CHUNK: usize = 1024;
 /// Change-log entries examined per `changes` call, whatever the scope matches.
 const CHANGES_SCAN_LIMIT: usize = 65_536;
 
+/// Ranges of a digested bucket set this close are read by one scan.
+const DIGEST_GAP: u32 = 16;
+
 impl EmbeddedStore {
     pub(super) fn read_record(
         &self,
@@ -200,21 +203,47 @@ impl EmbeddedStore {
             .map_err(|_| StoreError::Poisoned)?)
     }
 
+    /// One digest per bucket of the scope, in bucket order. Buckets are read by range scans
+    /// over spans of the set (ranges less than [`DIGEST_GAP`] buckets apart share one scan):
+    /// opening an iterator costs more than reading a few records, and a set of buckets changed
+    /// by live writes is scattered.
     pub(super) fn read_digest(&self, scope: &Scope) -> Result<Vec<BucketDigest>, StoreError> {
         let snapshot = self.inner.db.snapshot();
-        let mut out = Vec::with_capacity(scope.buckets.len() as usize);
-        for bucket in scope.buckets.buckets() {
-            let mut digester = BucketDigester::new(bucket);
-            let prefix = keys::bucket_prefix(&scope.service, scope.market, bucket);
-            for guard in snapshot.prefix(&self.inner.records, prefix) {
+        let offset = keys::market_prefix(&scope.service, scope.market).len();
+        let mut digesters: std::collections::BTreeMap<u16, BucketDigester> = scope
+            .buckets
+            .buckets()
+            .map(|b| (b.0, BucketDigester::new(b)))
+            .collect();
+        let mut spans: Vec<domicile_core::BucketRange> = Vec::new();
+        for range in scope.buckets.ranges() {
+            match spans.last_mut() {
+                Some(last) if u32::from(range.first) <= u32::from(last.last) + DIGEST_GAP => {
+                    last.last = last.last.max(range.last);
+                }
+                _ => spans.push(*range),
+            }
+        }
+        for span in spans {
+            let (start, end) = keys::bucket_range_bounds(&scope.service, scope.market, span);
+            for guard in snapshot.range(&self.inner.records, start..end) {
                 let (k, v) = guard.into_inner()?;
+                let bucket = k
+                    .get(offset..offset + 2)
+                    .map(|b| u16::from_be_bytes([b[0], b[1]]))
+                    .ok_or_else(|| StoreError::Corrupt("a record key without a bucket".into()))?;
+                let Some(digester) = digesters.get_mut(&bucket) else {
+                    continue; // a bucket in the gap between two ranges of the set
+                };
                 let (version, value) = keys::decode_value(&v)?;
                 if let Some(value) = value {
                     digester.add(&keys::decode_record_key(&k)?, version, value);
                 }
             }
-            out.push(digester.finish());
         }
-        Ok(out)
+        Ok(digesters
+            .into_values()
+            .map(BucketDigester::finish)
+            .collect())
     }
 }

@@ -1,0 +1,93 @@
+//! After the run: every acknowledged write is read back from its final home through the
+//! gateway (a missing or different value is a lost write), and every region's store is scanned
+//! for data of ranges it does not own (a copy left behind; an acknowledged write found there is
+//! a duplicate).
+
+use crate::DemoError;
+use crate::seed::SeededUser;
+use crate::traffic::AckedWrite;
+use domicile_client::region::RegionClient;
+use domicile_core::BucketSet;
+use domicile_wire::api::{RoutingTable, ScopeRequest};
+use futures::StreamExt;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Checked {
+    /// Acknowledged writes read back.
+    pub writes: u64,
+    /// Lost writes by the label they were written under.
+    pub lost: BTreeMap<String, u64>,
+    /// Acknowledged writes also found outside their home, by label.
+    pub duplicates: BTreeMap<String, u64>,
+    /// Records found in a region for a range it does not own.
+    pub copies_left_behind: u64,
+}
+
+pub async fn check(
+    http: &reqwest::Client,
+    gateway: &str,
+    users: &[SeededUser],
+    acked: &[AckedWrite],
+    table: &RoutingTable,
+) -> Result<Checked, DemoError> {
+    let mut out = Checked {
+        writes: acked.len() as u64,
+        ..Checked::default()
+    };
+    let mut reads = futures::stream::iter(acked)
+        .map(|w| {
+            let u = &users[w.user];
+            let request = http
+                .get(format!("{gateway}/v1/users/{}/orders/{}", u.user, w.key))
+                .bearer_auth(&u.token);
+            async move {
+                let found = match request.send().await {
+                    Ok(r) if r.status().is_success() => r.text().await.ok(),
+                    _ => None,
+                };
+                (w, found.as_deref() == Some(w.body.as_str()))
+            }
+        })
+        .buffer_unordered(64);
+    while let Some((w, ok)) = reads.next().await {
+        if !ok {
+            *out.lost.entry(w.label.clone()).or_insert(0) += 1;
+        }
+    }
+    // (user, key) of every acknowledged write, to recognise it in a scan.
+    let wanted: BTreeMap<(&str, &str), &AckedWrite> = acked
+        .iter()
+        .map(|w| ((users[w.user].user.as_str(), w.key.as_str()), w))
+        .collect();
+    let client = domicile_client::http_client();
+    for region in &table.regions {
+        let node = RegionClient::new(region.url.clone(), client.clone());
+        let foreign: BTreeSet<_> = table
+            .placement
+            .ranges()
+            .iter()
+            .filter(|r| r.region != region.id)
+            .map(|r| (r.service.clone(), r.market, r.buckets))
+            .collect();
+        for (service, market, buckets) in foreign {
+            let scope = ScopeRequest {
+                service,
+                market,
+                buckets: BucketSet::from_ranges([buckets]),
+            };
+            let mut snapshot = node.snapshot(&scope).await?;
+            while let Some(batch) = snapshot.next_batch(10_000).await? {
+                for r in batch.iter().filter(|r| r.value.is_some()) {
+                    out.copies_left_behind += 1;
+                    let c = &r.address.collection;
+                    if let Some(w) = wanted.get(&(c.user.as_str(), r.address.key.as_str())) {
+                        *out.duplicates.entry(w.label.clone()).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
