@@ -1,7 +1,7 @@
 //! A region node's internal ownership endpoints, as the control plane calls them.
 
 use crate::{ClientError, json, send};
-use domicile_wire::api::{FenceResponse, RangeRequest, UserOwnershipRequest};
+use domicile_wire::api::{FenceResponse, OwnershipResponse, RangeRequest, UserOwnershipRequest};
 
 #[derive(Debug, Clone)]
 pub struct RegionClient {
@@ -43,6 +43,12 @@ impl RegionClient {
 
     pub async fn release(&self, range: &RangeRequest) -> Result<(), ClientError> {
         self.post("/internal/release", range).await.map(|_| ())
+    }
+
+    /// The node's ownership table.
+    pub async fn ownership(&self) -> Result<OwnershipResponse, ClientError> {
+        let url = format!("{}/internal/ownership", self.base);
+        json(&url, send(&url, self.http.get(&url)).await?).await
     }
 
     pub async fn user_ownership(&self, request: &UserOwnershipRequest) -> Result<(), ClientError> {

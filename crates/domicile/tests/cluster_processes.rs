@@ -11,9 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-struct Process {
-    child: Child,
-    ready: Value,
+pub(crate) struct Process {
+    pub(crate) child: Child,
+    pub(crate) ready: Value,
 }
 
 impl Drop for Process {
@@ -24,7 +24,7 @@ impl Drop for Process {
 }
 
 /// Starts `domicile ARGS` and waits for the one JSON line it prints when it serves.
-fn spawn(args: &[&str]) -> Process {
+pub(crate) fn spawn(args: &[&str]) -> Process {
     let mut child = Command::new(env!("CARGO_BIN_EXE_domicile"))
         .args(args)
         .stdout(Stdio::piped())
@@ -39,7 +39,7 @@ fn spawn(args: &[&str]) -> Process {
     Process { child, ready }
 }
 
-fn url(p: &Process, field: &str) -> String {
+pub(crate) fn url(p: &Process, field: &str) -> String {
     p.ready[field]
         .as_str()
         .expect("url in the ready line")

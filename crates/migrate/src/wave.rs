@@ -351,9 +351,15 @@ async fn cut_over(wave: &mut Wave, mover: &Mover, control: &impl Control) -> Res
     let spec = wave.spec.clone();
     // A crash after the commit and before its checkpoint: the table says who owns the range.
     let (owner, epoch) = control.owner(&spec).await.map_err(WaveError::Control)?;
-    if owner == spec.target {
-        // Committed before a crash: the source was drained and verified (the commit follows
-        // both); where reversing starts was not saved, so it starts at the beginning.
+    let committed = if owner == spec.target {
+        Some(epoch)
+    } else {
+        finish_half_commit(control, &mover.source, &spec, &spec.target, epoch).await?
+    };
+    if let Some(epoch) = committed {
+        // Committed (or half-committed) before a crash: the source was drained and verified
+        // (the commit follows both); where reversing starts was not saved, so it starts at the
+        // beginning.
         wave.committed_epoch = Some(epoch);
         wave.verified = true;
         wave.reverse_from = Lsn(0);
@@ -437,6 +443,40 @@ async fn cut_over(wave: &mut Wave, mover: &Mover, control: &impl Control) -> Res
         );
     }
     record_moved(wave, mover).await
+}
+
+/// A crash in the middle of a commit leaves `node` released to `to` at a newer epoch than the
+/// committed table's `epoch`: the commit had begun, so its checks had passed. It is finished
+/// (a placement change retried with the same epoch is accepted as a no-op where it was done).
+/// Returns the epoch `to` owns the range at, if that was the case.
+async fn finish_half_commit(
+    control: &impl Control,
+    node: &domicile_client::region::RegionClient,
+    spec: &WaveSpec,
+    to: &RegionId,
+    epoch: Epoch,
+) -> Result<Option<Epoch>, WaveError> {
+    let table = node.ownership().await.map_err(WaveError::Region)?;
+    let released = table.ranges.iter().any(|r| {
+        r.service == spec.service
+            && r.market == spec.market
+            && r.buckets.first <= spec.buckets.first
+            && spec.buckets.first <= r.buckets.last
+            && r.epoch > epoch
+            && r.state
+                == domicile_wire::api::RangeState::Foreign {
+                    owner: Some(to.clone()),
+                }
+    });
+    if !released {
+        return Ok(None);
+    }
+    tracing::info!(service = %spec.service, market = %spec.market, buckets = %spec.buckets, %to, "finishing a commit cut short");
+    control
+        .commit(spec, to)
+        .await
+        .map(Some)
+        .map_err(WaveError::Control)
 }
 
 /// The source is frozen after the commit (released, nothing reversed yet): its digest is what
@@ -536,7 +576,22 @@ pub async fn roll_back(
     control: &impl Control,
 ) -> Result<(), WaveError> {
     let spec = wave.spec.clone();
-    let (owner, epoch) = control.owner(&spec).await.map_err(WaveError::Control)?;
+    let (mut owner, mut epoch) = control.owner(&spec).await.map_err(WaveError::Control)?;
+    // A commit cut short by a crash is finished first, whichever way it was going.
+    if owner == spec.source {
+        if let Some(e) =
+            finish_half_commit(control, &mover.source, &spec, &spec.target, epoch).await?
+        {
+            (owner, epoch) = (spec.target.clone(), e);
+        }
+    } else if owner == spec.target
+        && let Some(e) =
+            finish_half_commit(control, &mover.target, &spec, &spec.source, epoch).await?
+    {
+        (owner, epoch) = (spec.source.clone(), e);
+        // Given back already: what remains is the purge below.
+        wave.committed_epoch = None;
+    }
     if owner == spec.target {
         let started = Instant::now();
         let fence_lsn = mover
