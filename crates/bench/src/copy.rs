@@ -24,6 +24,8 @@ pub struct CopyBenchReport {
     pub raw_import_records_per_s: f64,
     pub copy_vs_raw_import: f64,
     pub verified: bool,
+    /// Peak RSS (MiB) of the process — source node, target node and mover — during the copy.
+    pub peak_rss_mib_during_copy: Option<f64>,
     pub machine: Machine,
 }
 
@@ -80,7 +82,13 @@ pub async fn run_copy_bench(records: u64, dir: &Path) -> Result<CopyBenchReport,
         scope,
         buckets: domicile_core::BucketCount::DEFAULT,
     };
+    let reset = crate::machine::reset_peak_rss();
     let copied = mover.copy(|_| {}).await?;
+    let peak_rss = if reset {
+        crate::machine::peak_rss_mib()
+    } else {
+        None
+    };
     let verified = mover.verify().await?.equal();
     drop(mover);
     stop.send_replace(true);
@@ -109,6 +117,7 @@ pub async fn run_copy_bench(records: u64, dir: &Path) -> Result<CopyBenchReport,
         raw_import_records_per_s: raw_rate.round(),
         copy_vs_raw_import: (rate / raw_rate * 100.0).round() / 100.0,
         verified,
+        peak_rss_mib_during_copy: peak_rss.map(|m| (m * 10.0).round() / 10.0),
         machine: Machine::current(),
     })
 }

@@ -139,11 +139,11 @@ pub async fn metrics(State(state): State<Arc<ControlState>>) -> impl IntoRespons
     let changes = state
         .admin_changes
         .load(std::sync::atomic::Ordering::Relaxed);
-    let text = format!(
+    let text: String = format!(
         "# HELP domicile_control_table_version The routing table's version.\n# TYPE domicile_control_table_version gauge\ndomicile_control_table_version {}\n# HELP domicile_control_changes_total Committed admin changes.\n# TYPE domicile_control_changes_total counter\ndomicile_control_changes_total {changes}\n# HELP domicile_control_placement_ranges Placement ranges.\n# TYPE domicile_control_placement_ranges gauge\ndomicile_control_placement_ranges {}\n",
         table.version,
         table.placement.ranges().len()
-    );
+    ) + &crate::migration::metrics(&state).await;
     (
         [(
             header::CONTENT_TYPE,

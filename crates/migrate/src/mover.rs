@@ -21,8 +21,6 @@ pub enum MoveError {
     Target(ClientError),
     #[error("copy task failed: {0}")]
     Task(String),
-    #[error("checkpoint: {0}")]
-    Checkpoint(String),
 }
 
 /// One chunk of a copy, imported at the target.

@@ -156,3 +156,33 @@ impl Migration {
 pub(crate) fn settled(step: Step) -> bool {
     matches!(step, Step::Reversing | Step::Completed | Step::RolledBack)
 }
+
+/// Prometheus text for the current run: its units by step, cutovers, and the worst window.
+pub async fn metrics(state: &crate::state::ControlState) -> String {
+    use std::fmt::Write as _;
+    let Some(engine) = state.migration.lock().await.clone() else {
+        return String::new();
+    };
+    let doc = engine.snapshot().await;
+    let mut steps: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut cutovers, mut worst) = (0u64, 0.0f64);
+    for u in doc.phases.iter().flat_map(|p| &p.units) {
+        *steps.entry(format!("{:?}", u.run.step)).or_insert(0) += 1;
+        if u.run.committed_epoch.is_some() {
+            cutovers += 1;
+            worst = worst.max(u.run.write_unavailable_ms);
+        }
+    }
+    let mut out = String::from(
+        "# HELP domicile_migration_units Units of the current migration by step.\n# TYPE domicile_migration_units gauge\n",
+    );
+    for (step, n) in steps {
+        let _ = writeln!(out, "domicile_migration_units{{step=\"{step}\"}} {n}");
+    }
+    let _ = write!(
+        out,
+        "# HELP domicile_migration_cutovers Cutovers committed by the current migration.\n# TYPE domicile_migration_cutovers gauge\ndomicile_migration_cutovers {cutovers}\n# HELP domicile_migration_write_unavailable_ms_max The longest cutover window of the current migration.\n# TYPE domicile_migration_write_unavailable_ms_max gauge\ndomicile_migration_write_unavailable_ms_max {worst}\n# HELP domicile_migration_phase The phase being run (0-based; = phases once completed).\n# TYPE domicile_migration_phase gauge\ndomicile_migration_phase {}\n",
+        doc.phase
+    );
+    out
+}
