@@ -276,6 +276,8 @@ pub async fn run(
             Step::CuttingOver => {
                 cut_over(wave, mover, control).await?;
                 if wave.spec.rollback_window.is_zero() {
+                    // The figures of what moved are saved before the purge erases their source.
+                    checkpoint(control, wave).await?;
                     purge_source(wave, mover).await?;
                 } else {
                     wave.reverse_until_ms = now_ms() + wave.spec.rollback_window.as_millis() as u64;
@@ -351,6 +353,9 @@ async fn cut_over(wave: &mut Wave, mover: &Mover, control: &impl Control) -> Res
     let spec = wave.spec.clone();
     // A crash after the commit and before its checkpoint: the table says who owns the range.
     let (owner, epoch) = control.owner(&spec).await.map_err(WaveError::Control)?;
+    if owner == spec.target && wave.committed_epoch.is_some() {
+        return Ok(()); // committed and recorded before a crash; the source may be purged already
+    }
     let committed = if owner == spec.target {
         Some(epoch)
     } else {
@@ -542,12 +547,14 @@ pub async fn complete(
 
 /// No copy left behind: the source's records and blobs of the scope go (purge is idempotent).
 async fn purge_source(wave: &mut Wave, mover: &Mover) -> Result<(), WaveError> {
-    wave.purged = mover
+    let purged = mover
         .source
         .purge(&wave.spec.scope())
         .await
         .map_err(WaveError::Region)?
         .records;
+    // A purge run again after a crash finds nothing: keep the first count.
+    wave.purged = wave.purged.max(purged);
     wave.step = Step::Completed;
     Ok(())
 }
@@ -615,12 +622,13 @@ pub async fn roll_back(
             .await
             .map_err(WaveError::Region)?;
     }
-    wave.purged = mover
+    let purged = mover
         .target
         .purge(&spec.scope())
         .await
         .map_err(WaveError::Region)?
         .records;
+    wave.purged = wave.purged.max(purged);
     wave.step = Step::RolledBack;
     Ok(())
 }

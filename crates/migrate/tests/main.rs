@@ -383,3 +383,4 @@ mod waves {
         );
     }
 }
+mod wave_model;
