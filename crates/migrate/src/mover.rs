@@ -153,27 +153,8 @@ impl Mover {
             ..Applied::default()
         };
         loop {
-            let (changes, next) = self
-                .source
-                .changes(&self.scope, applied.position, CHUNK, Duration::ZERO)
-                .await
-                .map_err(MoveError::Source)?;
-            let records: Vec<_> = changes.into_iter().filter_map(|c| c.current).collect();
-            if !records.is_empty() {
-                applied.buckets.extend(
-                    records
-                        .iter()
-                        .map(|r| self.buckets.bucket_of(&r.address.collection.user)),
-                );
-                applied.records += self
-                    .target
-                    .import(&self.scope, &records)
-                    .await
-                    .map_err(MoveError::Target)?
-                    .applied;
-            }
-            let idle = (records.is_empty() && next == applied.position)
-                || (lag > 0 && records.len() <= lag);
+            let (carried, next) = self.pass(&mut applied).await?;
+            let idle = (carried == 0 && next == applied.position) || (lag > 0 && carried <= lag);
             applied.position = next;
             if idle {
                 return Ok(applied);
@@ -189,31 +170,39 @@ impl Mover {
             ..Applied::default()
         };
         while applied.position.0 < until {
-            let (changes, next) = self
-                .source
-                .changes(&self.scope, applied.position, CHUNK, Duration::ZERO)
-                .await
-                .map_err(MoveError::Source)?;
-            let records: Vec<_> = changes.into_iter().filter_map(|c| c.current).collect();
-            if !records.is_empty() {
-                applied.buckets.extend(
-                    records
-                        .iter()
-                        .map(|r| self.buckets.bucket_of(&r.address.collection.user)),
-                );
-                applied.records += self
-                    .target
-                    .import(&self.scope, &records)
-                    .await
-                    .map_err(MoveError::Target)?
-                    .applied;
-            }
-            if next == applied.position && records.is_empty() {
+            let (carried, next) = self.pass(&mut applied).await?;
+            if carried == 0 && next == applied.position {
                 break; // the source has nothing past this point (it is behind the fence LSN)
             }
             applied.position = next;
         }
         Ok(applied)
+    }
+
+    /// One read of the source's changes after `applied.position`, imported at the target and
+    /// added to `applied` (but for the position). Returns the changes carried and the next
+    /// position.
+    async fn pass(&self, applied: &mut Applied) -> Result<(usize, Lsn), MoveError> {
+        let (changes, next) = self
+            .source
+            .changes(&self.scope, applied.position, CHUNK, Duration::ZERO)
+            .await
+            .map_err(MoveError::Source)?;
+        let records: Vec<_> = changes.into_iter().filter_map(|c| c.current).collect();
+        if !records.is_empty() {
+            applied.buckets.extend(
+                records
+                    .iter()
+                    .map(|r| self.buckets.bucket_of(&r.address.collection.user)),
+            );
+            applied.records += self
+                .target
+                .import(&self.scope, &records)
+                .await
+                .map_err(MoveError::Target)?
+                .applied;
+        }
+        Ok((records.len(), next))
     }
 
     /// Compares per-bucket digests of source and target over the whole scope.
