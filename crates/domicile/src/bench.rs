@@ -138,20 +138,7 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
         .tcp_nodelay(true)
         .pool_max_idle_per_host(args.clients * 2)
         .build()?;
-    let signup: serde_json::Value = http
-        .post(format!("{}/v1/signup", e.gateway))
-        .json(&serde_json::json!({ "market": "CN" }))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let (user, token) = (
-        signup["user"].as_str().context("sign-up user")?.to_string(),
-        signup["token"]
-            .as_str()
-            .context("sign-up token")?
-            .to_string(),
-    );
+    let (user, token) = signup(&http, &e.gateway, "CN").await?;
     let path = format!("/v1/users/{user}/orders/o-1");
     let put = http
         .put(format!("{}{path}", e.gateway))
@@ -225,6 +212,21 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
     Ok(())
 }
 
+/// Signs up one user of `market` through the gateway: (user, token).
+async fn signup(http: &reqwest::Client, gateway: &str, market: &str) -> Result<(String, String)> {
+    let s: serde_json::Value = http
+        .post(format!("{gateway}/v1/signup"))
+        .json(&serde_json::json!({ "market": market }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok((
+        s["user"].as_str().context("sign-up user")?.to_string(),
+        s["token"].as_str().context("sign-up token")?.to_string(),
+    ))
+}
+
 /// Cutovers of HK's shop, range by range from cn-beijing to ap-singapore, while writers keep
 /// writing through the gateway; every acknowledged write is read back at the end.
 async fn cutover(args: CutoverArgs) -> Result<()> {
@@ -260,17 +262,7 @@ async fn cutover(args: CutoverArgs) -> Result<()> {
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let mut users = Vec::new();
     for _ in 0..args.users {
-        let s: serde_json::Value = http
-            .post(format!("{}/v1/signup", e.gateway))
-            .json(&serde_json::json!({ "market": "HK" }))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let (u, t) = (
-            s["user"].as_str().context("user")?.to_string(),
-            s["token"].as_str().context("token")?.to_string(),
-        );
+        let (u, t) = signup(&http, &e.gateway, "HK").await?;
         let r = http
             .put(format!("{}/v1/users/{u}/orders/seed", e.gateway))
             .bearer_auth(&t)

@@ -34,19 +34,7 @@ pub struct AdviseArgs {
 pub async fn run(cmd: LatencyCommand) -> Result<()> {
     match cmd {
         LatencyCommand::Advise(args) => {
-            let (config, source) = match &args.config {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("read config {}", path.display()))?;
-                    let config = ClusterConfig::from_toml(&text)
-                        .with_context(|| format!("load config {}", path.display()))?;
-                    (config, path.display().to_string())
-                }
-                None => (
-                    domicile_core::reference::cluster_config(),
-                    "reference".to_string(),
-                ),
-            };
+            let (config, source) = crate::cluster_config(args.config.as_deref())?;
             let model = LatencyModel::reference().context("load the latency model's tables")?;
             let report = advise(&model, &config, &source, args.service.as_deref())?;
             let text = if args.json {

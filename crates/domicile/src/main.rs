@@ -52,6 +52,25 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
+/// The cluster config a `--config` option names, or the built-in reference cluster; with the
+/// name to quote in messages.
+fn cluster_config(
+    path: Option<&std::path::Path>,
+) -> Result<(domicile_core::ClusterConfig, String)> {
+    use anyhow::Context as _;
+    let Some(path) = path else {
+        return Ok((
+            domicile_core::reference::cluster_config(),
+            "reference".to_string(),
+        ));
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("read config {}", path.display()))?;
+    let config = domicile_core::ClusterConfig::from_toml(&text)
+        .with_context(|| format!("load config {}", path.display()))?;
+    Ok((config, path.display().to_string()))
+}
+
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

@@ -5,7 +5,6 @@
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Subcommand};
 use domicile_client::admin::AdminClient;
-use domicile_core::ClusterConfig;
 use domicile_latency::LatencyModel;
 use domicile_migrate::plan::{DryRun, MEASURED_COPY_RATE, Plan, Workload};
 use domicile_migrate::status_view::{follow, status_table};
@@ -156,19 +155,7 @@ async fn run_plan(args: RunArgs) -> Result<()> {
 
 /// The dry run's text (tables or JSON).
 fn dry_run(args: &PlanArgs) -> Result<String> {
-    let (config, source) = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("read config {}", path.display()))?;
-            let config = ClusterConfig::from_toml(&text)
-                .with_context(|| format!("load config {}", path.display()))?;
-            (config, path.display().to_string())
-        }
-        None => (
-            domicile_core::reference::cluster_config(),
-            "reference".to_string(),
-        ),
-    };
+    let (config, source) = crate::cluster_config(args.config.as_deref())?;
     let file = args.file.display();
     let text = std::fs::read_to_string(&args.file).with_context(|| format!("read plan {file}"))?;
     let plan = Plan::from_toml(&text).with_context(|| format!("parse plan {file}"))?;

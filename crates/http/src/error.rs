@@ -83,19 +83,18 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.parts().0
     }
-}
 
-/// `code: message`, with internal details kept (for logs and for callers in the same process).
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let code = self.parts().1;
+    /// The message a client is shown: internal details stay in the log.
+    fn public_message(&self) -> String {
         match self {
-            ApiError::PayloadTooLarge { limit } => write!(f, "{code}: body exceeds {limit} bytes"),
-            ApiError::MethodNotAllowed => write!(f, "{code}"),
-            ApiError::Misdirected { message, .. } | ApiError::RetryLater { message, .. } => {
-                write!(f, "{code}: {message}")
+            ApiError::Internal(_) => "internal error; see the node's log".to_string(),
+            ApiError::PayloadTooLarge { limit } => {
+                format!("body exceeds the limit of {limit} bytes")
             }
-            ApiError::BadRequest { message, .. }
+            ApiError::MethodNotAllowed => "this endpoint does not support that method".into(),
+            ApiError::Misdirected { message, .. }
+            | ApiError::RetryLater { message, .. }
+            | ApiError::BadRequest { message, .. }
             | ApiError::NotFound(message)
             | ApiError::Unauthorized(message)
             | ApiError::Forbidden(message)
@@ -103,8 +102,18 @@ impl std::fmt::Display for ApiError {
             | ApiError::PreconditionFailed(message)
             | ApiError::Conflict(message)
             | ApiError::ResidencyViolation(message)
-            | ApiError::Unavailable(message)
-            | ApiError::Internal(message) => write!(f, "{code}: {message}"),
+            | ApiError::Unavailable(message) => message.clone(),
+        }
+    }
+}
+
+/// `code: message`, with internal details kept (for logs and for callers in the same process).
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = self.parts().1;
+        match self {
+            ApiError::Internal(detail) => write!(f, "{code}: {detail}"),
+            _ => write!(f, "{code}: {}", self.public_message()),
         }
     }
 }
@@ -141,64 +150,29 @@ impl From<BlobError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
-        let (message, owner, epoch) = match self {
-            ApiError::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
-                ("internal error; see the node's log".to_string(), None, None)
-            }
-            ApiError::PayloadTooLarge { limit } => (
-                format!("body exceeds the limit of {limit} bytes"),
-                None,
-                None,
-            ),
-            ApiError::MethodNotAllowed => (
-                "this endpoint does not support that method".into(),
-                None,
-                None,
-            ),
-            ApiError::Misdirected {
-                message,
-                owner,
-                epoch,
-                ..
-            } => (message, owner, epoch),
-            ApiError::RetryLater {
-                message,
-                after_secs,
-            } => {
-                let body = ErrorBody {
-                    error: ErrorDetail {
-                        code: code.to_string(),
-                        message,
-                        owner: None,
-                        epoch: None,
-                    },
-                };
-                return (
-                    status,
-                    [(axum::http::header::RETRY_AFTER, after_secs.to_string())],
-                    Json(body),
-                )
-                    .into_response();
-            }
-            ApiError::BadRequest { message, .. }
-            | ApiError::NotFound(message)
-            | ApiError::Unauthorized(message)
-            | ApiError::Forbidden(message)
-            | ApiError::BadGateway(message)
-            | ApiError::PreconditionFailed(message)
-            | ApiError::Conflict(message)
-            | ApiError::ResidencyViolation(message)
-            | ApiError::Unavailable(message) => (message, None, None),
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let (owner, epoch) = match &self {
+            ApiError::Misdirected { owner, epoch, .. } => (owner.clone(), *epoch),
+            _ => (None, None),
         };
-        let body = ErrorBody {
+        let body = Json(ErrorBody {
             error: ErrorDetail {
                 code: code.to_string(),
-                message,
+                message: self.public_message(),
                 owner,
                 epoch,
             },
-        };
-        (status, Json(body)).into_response()
+        });
+        match self {
+            ApiError::RetryLater { after_secs, .. } => (
+                status,
+                [(axum::http::header::RETRY_AFTER, after_secs.to_string())],
+                body,
+            )
+                .into_response(),
+            _ => (status, body).into_response(),
+        }
     }
 }

@@ -30,24 +30,6 @@ impl HttpControl {
             Err(format!("{status}: {}", r.text().await.unwrap_or_default()))
         }
     }
-
-    /// The wave saved under this name, if any (to resume it).
-    pub async fn load(&self) -> Result<Option<Wave>, String> {
-        let r = self
-            .http
-            .get(format!("{}/admin/checkpoints/{}", self.url, self.name))
-            .bearer_auth(&self.admin_token)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if r.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !r.status().is_success() {
-            return Err(format!("{}", r.status()));
-        }
-        r.json().await.map(Some).map_err(|e| e.to_string())
-    }
 }
 
 /// The owner of the first bucket of `spec`'s range (a wave's range is one placement row).
