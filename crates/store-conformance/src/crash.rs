@@ -79,6 +79,13 @@ pub fn child(open: Open) {
 /// The checker: starts the writer, kills it, reopens and verifies.
 pub fn parent(open: Open, child_test: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
+    // Create the store here first: an engine whose data lives on a server this process started
+    // records in the folder where, so that the writer process uses the same server.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async { drop(open(dir.path()).await) });
     let exe = std::env::current_exe().expect("test binary path");
     // libtest names the test without the crate prefix.
     let name = child_test

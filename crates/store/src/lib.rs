@@ -1,5 +1,6 @@
 //! Region storage: the [`RegionStore`] trait every engine implements, the embedded engine
-//! ([`EmbeddedStore`], on fjall) and the region's content-addressed [`BlobStore`].
+//! ([`EmbeddedStore`], on fjall), the PostgreSQL engine ([`PostgresStore`]) and the region's
+//! content-addressed [`BlobStore`].
 //!
 //! Architecture Invariant: the store knows nothing about HTTP, ownership or policy. It keeps
 //! records, their versions and the change log, and answers for scopes (service × market ×
@@ -11,6 +12,8 @@ pub mod blob;
 pub mod digest;
 pub mod embedded;
 pub mod error;
+pub(crate) mod keys;
+pub mod postgres;
 pub mod record;
 pub mod spec;
 pub mod store;
@@ -19,6 +22,7 @@ pub use blob::{BlobError, BlobRef, BlobStore};
 pub use digest::{BucketDigest, BucketDigester};
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use error::StoreError;
+pub use postgres::{PostgresOptions, PostgresSpec, PostgresStore};
 pub use record::{
     Change, ChangeEntry, ChangeOp, CollectionAddress, ImportOutcome, ListPage, ListedRecord, Lsn,
     Mutation, MutationOp, Precondition, Record, RecordAddress, VersionedRecord,

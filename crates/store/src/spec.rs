@@ -1,7 +1,9 @@
-//! Store specs as written in the cluster config (`embedded:PATH`), and opening them.
+//! Store specs as written in the cluster config (`embedded:PATH` or `postgres://…`), and
+//! opening them.
 
 use crate::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::error::StoreError;
+use crate::postgres::{PostgresOptions, PostgresSpec, PostgresStore};
 use crate::store::RegionStore;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,11 +12,16 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreSpec {
     Embedded(PathBuf),
+    Postgres(PostgresSpec),
 }
 
 impl StoreSpec {
-    /// Parses `embedded:PATH`; a relative PATH is resolved against `base` (the config's folder).
+    /// Parses `embedded:PATH` (a relative PATH is resolved against `base`, the config's folder)
+    /// or a `postgres://` URL (see [`PostgresSpec`]).
     pub fn parse(spec: &str, base: &Path) -> Result<Self, StoreError> {
+        if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+            return Ok(StoreSpec::Postgres(PostgresSpec::parse(spec)?));
+        }
         match spec.split_once(':') {
             Some(("embedded", path)) if !path.is_empty() => {
                 Ok(StoreSpec::Embedded(base.join(path)))
@@ -38,5 +45,8 @@ pub async fn open_store(spec: &StoreSpec) -> Result<Arc<dyn RegionStore>, StoreE
             .map_err(|e| StoreError::Engine(format!("open task failed: {e}")))??;
             Ok(Arc::new(store))
         }
+        StoreSpec::Postgres(spec) => Ok(Arc::new(
+            PostgresStore::open(spec, PostgresOptions::default()).await?,
+        )),
     }
 }

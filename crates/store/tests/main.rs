@@ -20,4 +20,5 @@ mod embedded_conformance {
 }
 
 mod blobs;
+mod postgres;
 mod poison;

@@ -3,7 +3,7 @@
 //!
 //! Chosen over redb by measurement: docs/decisions/0001-embedded-engine.md.
 
-mod keys;
+
 mod read;
 mod writer;
 
@@ -103,15 +103,15 @@ impl EmbeddedStore {
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
 
         let mut last = match meta.get(LSN_FLOOR)? {
-            Some(v) => keys::decode_lsn(&v)?,
+            Some(v) => crate::keys::decode_lsn(&v)?,
             None => Lsn(0),
         };
         let mut hlc = Hlc::new();
         if let Some(guard) = changes.last_key_value() {
             let (k, v) = guard.into_inner()?;
-            let lsn = keys::decode_lsn(&k)?;
+            let lsn = crate::keys::decode_lsn(&k)?;
             last = last.max(lsn);
-            let (entry, _) = keys::decode_change(lsn, &v)?;
+            let (entry, _) = crate::keys::decode_change(lsn, &v)?;
             hlc.observe(entry.version);
         }
 

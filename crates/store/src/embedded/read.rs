@@ -1,7 +1,7 @@
 //! The embedded engine's read paths: point reads, pages, snapshots, the change log, digests.
 
 use super::EmbeddedStore;
-use super::keys;
+use crate::keys;
 use crate::digest::{BucketDigest, BucketDigester};
 use crate::error::StoreError;
 use crate::record::{

@@ -7,7 +7,7 @@
 //! If a durable commit fails, the store is poisoned: every later write is refused.
 
 use super::Shared;
-use super::keys::{self, encode_change, encode_value, lsn_key};
+use crate::keys::{self, encode_change, encode_value, lsn_key};
 use crate::error::StoreError;
 use crate::record::{
     ChangeOp, ImportOutcome, Lsn, Mutation, MutationOp, Precondition, VersionedRecord,

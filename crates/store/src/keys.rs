@@ -1,4 +1,6 @@
-//! The embedded engine's byte layout (see docs/design/embedded-layout.md).
+//! The record-key byte layout both engines share (the PostgreSQL engine keys its rows by the same
+//! bytes, so both order records identically), and the embedded engine's value and change-log
+//! layout (see docs/design/embedded-layout.md).
 //!
 //! records:  service 0x00 market(2) bucket(u16 BE) user 0x00 collection 0x00 key
 //!           → flags(u8: bit 0 = tombstone) version(u64 BE) value

@@ -1,0 +1,601 @@
+//! The PostgreSQL engine's group-commit writer: one task owns the writer connection, takes
+//! everything queued (up to a bound), decides each request against the stored state plus the
+//! effects of the requests before it in the group, and writes the survivors in one transaction.
+//! Only when `COMMIT` returns are the requests answered and the new LSN published.
+//!
+//! The stored state of every key the group touches is read with one query before anything is
+//! written; the single writer (held by the advisory lock) is what makes that read race-free.
+//! Rows go to the server as arrays in one statement, or with binary `COPY` for bulk groups.
+//! A `COMMIT` whose outcome is unknown (an error, a lost connection) poisons the store: the
+//! next process reads the truth from the database instead of this one guessing.
+
+use super::schema::{version_from_sql, version_to_sql};
+use super::{Shared, Sql, pg_error};
+use crate::error::StoreError;
+use crate::keys;
+use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, MutationOp, Precondition, VersionedRecord};
+use bytes::Bytes;
+use domicile_core::{Hlc, Scope, Version};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Statement};
+
+/// How many records one group may carry before it is committed (bounds memory and latency).
+const MAX_GROUP_RECORDS: usize = 16_384;
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub(crate) enum Request {
+    /// Requests that share a group (and its transaction).
+    Grouped(Grouped),
+    /// Purges and trims run alone, between groups.
+    Purge { scope: Scope, reply: Reply<u64> },
+    Trim { upto: Lsn, reply: Reply<u64> },
+}
+
+pub(crate) enum Grouped {
+    Write {
+        batch: Vec<Mutation>,
+        reply: Reply<Vec<Version>>,
+    },
+    Import {
+        records: Vec<VersionedRecord>,
+        reply: Reply<ImportOutcome>,
+    },
+    Meta {
+        name: String,
+        value: Bytes,
+        reply: Reply<()>,
+    },
+}
+
+impl Request {
+    fn weight(&self) -> usize {
+        match self {
+            Request::Grouped(Grouped::Write { batch, .. }) => batch.len(),
+            Request::Grouped(Grouped::Import { records, .. }) => records.len(),
+            _ => 1,
+        }
+    }
+}
+
+impl Grouped {
+    fn fail(self, err: StoreError) {
+        // A caller that went away no longer needs its answer.
+        let _ = match self {
+            Grouped::Write { reply, .. } => reply.send(Err(err)).is_ok(),
+            Grouped::Import { reply, .. } => reply.send(Err(err)).is_ok(),
+            Grouped::Meta { reply, .. } => reply.send(Err(err)).is_ok(),
+        };
+    }
+}
+
+/// An answer held back until the group it belongs to is durable.
+enum Pending {
+    Write(Reply<Vec<Version>>, Result<Vec<Version>, StoreError>),
+    Import(Reply<ImportOutcome>, ImportOutcome),
+    Meta(Reply<()>),
+}
+
+/// State of a key as the group sees it: (version, live).
+type KeyState = (Version, bool);
+
+/// What one group will write.
+#[derive(Default)]
+struct Plan {
+    /// The final state of every key the group writes, in first-write order.
+    rows: Vec<(Vec<u8>, Version, Option<Bytes>)>,
+    row_of: HashMap<Vec<u8>, usize>,
+    /// One change-log entry per mutation: (lsn, op, version, key index into `rows`).
+    changes: Vec<(Lsn, ChangeOp, Version, usize)>,
+    meta: Vec<(String, Bytes)>,
+}
+
+impl Plan {
+    fn state(&self, stored: &HashMap<Vec<u8>, KeyState>, key: &[u8]) -> Option<KeyState> {
+        match self.row_of.get(key) {
+            Some(&i) => self.rows.get(i).map(|(_, v, value)| (*v, value.is_some())),
+            None => stored.get(key).copied(),
+        }
+    }
+
+    fn log(&mut self, lsn: &mut Lsn, key: Vec<u8>, version: Version, value: Option<Bytes>) {
+        *lsn = Lsn(lsn.0 + 1);
+        let op = if value.is_some() {
+            ChangeOp::Put
+        } else {
+            ChangeOp::Delete
+        };
+        let index = match self.row_of.get(&key) {
+            Some(&i) => {
+                self.rows[i] = (key, version, value);
+                i
+            }
+            None => {
+                self.row_of.insert(key.clone(), self.rows.len());
+                self.rows.push((key, version, value));
+                self.rows.len() - 1
+            }
+        };
+        self.changes.push((*lsn, op, version, index));
+    }
+}
+
+struct Statements {
+    states: Statement,
+    upsert_rows: Statement,
+    upsert_staged: Statement,
+    insert_changes: Statement,
+    store_meta: Statement,
+    set_position: Statement,
+    purge_range: Statement,
+    trim: Statement,
+}
+
+pub(crate) struct Writer {
+    client: Client,
+    sql: Arc<Sql>,
+    statements: Statements,
+    shared: Arc<Shared>,
+    hlc: Hlc,
+    next_lsn: Lsn,
+    copy_threshold: usize,
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lsn_to_sql(lsn: Lsn) -> Result<i64, StoreError> {
+    i64::try_from(lsn.0).map_err(|_| StoreError::Engine("LSN out of range".into()))
+}
+
+fn op_to_sql(op: ChangeOp) -> i16 {
+    match op {
+        ChangeOp::Put => 1,
+        ChangeOp::Delete => 2,
+    }
+}
+
+impl Writer {
+    pub async fn new(
+        client: Client,
+        sql: Arc<Sql>,
+        shared: Arc<Shared>,
+        hlc: Hlc,
+        next_lsn: Lsn,
+        copy_threshold: usize,
+    ) -> Result<Self, StoreError> {
+        let prepare = |q: &str| {
+            let q = q.to_string();
+            let c = &client;
+            async move { c.prepare(&q).await.map_err(pg_error) }
+        };
+        let statements = Statements {
+            states: prepare(&sql.states).await?,
+            upsert_rows: prepare(&sql.upsert_rows).await?,
+            upsert_staged: prepare(&sql.upsert_staged).await?,
+            insert_changes: prepare(&sql.insert_changes).await?,
+            store_meta: prepare(&sql.store_meta).await?,
+            set_position: prepare(&sql.set_position).await?,
+            purge_range: prepare(&sql.purge_range).await?,
+            trim: prepare(&sql.trim).await?,
+        };
+        Ok(Self {
+            client,
+            sql,
+            statements,
+            shared,
+            hlc,
+            next_lsn,
+            copy_threshold,
+        })
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        while let Some(first) = rx.recv().await {
+            let mut queued = vec![first];
+            let mut weight = queued[0].weight();
+            while weight < MAX_GROUP_RECORDS {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        weight += r.weight();
+                        queued.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.process(queued).await;
+        }
+        tracing::debug!("store writer stopped: every handle was dropped");
+    }
+
+    fn poisoned(&self) -> bool {
+        self.shared.poisoned.load(Ordering::Acquire)
+    }
+
+    fn poison(&self, why: &StoreError) {
+        tracing::error!(error = %why, "durable commit failed; poisoning the store");
+        self.shared.poisoned.store(true, Ordering::Release);
+    }
+
+    /// Whether the writer may write: not poisoned, and its connection alive (a lost connection
+    /// may have taken a commit's outcome with it, so it poisons the store).
+    fn usable(&self) -> Result<(), StoreError> {
+        if !self.poisoned() && self.client.is_closed() {
+            self.poison(&StoreError::Engine("the writer connection is closed".into()));
+        }
+        if self.poisoned() {
+            Err(StoreError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn process(&mut self, queued: Vec<Request>) {
+        let mut group = Vec::new();
+        for request in queued {
+            match request {
+                Request::Grouped(g) => group.push(g),
+                Request::Purge { scope, reply } => {
+                    self.commit_group(std::mem::take(&mut group)).await;
+                    let result = match self.usable() {
+                        Ok(()) => self.purge(scope).await,
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(result);
+                }
+                Request::Trim { upto, reply } => {
+                    self.commit_group(std::mem::take(&mut group)).await;
+                    let result = match self.usable() {
+                        Ok(()) => self.trim(upto).await,
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        self.commit_group(group).await;
+    }
+
+    async fn commit_group(&mut self, group: Vec<Grouped>) {
+        if group.is_empty() {
+            return;
+        }
+        if let Err(e) = self.usable() {
+            for g in group {
+                g.fail(clone_error(&e));
+            }
+            return;
+        }
+        let stored = match self.read_states(&group).await {
+            Ok(s) => s,
+            Err(e) => {
+                for g in group {
+                    g.fail(clone_error(&e));
+                }
+                return;
+            }
+        };
+        let mut plan = Plan::default();
+        let mut lsn = self.next_lsn;
+        let pending: Vec<Pending> = group
+            .into_iter()
+            .map(|g| self.stage(&mut plan, &stored, &mut lsn, g))
+            .collect();
+        let result = self.apply(&plan, lsn).await;
+        match &result {
+            Ok(()) => {
+                self.next_lsn = lsn;
+                self.shared.commits.fetch_add(1, Ordering::Relaxed);
+                self.shared.lsn_watch.send_replace(lsn);
+            }
+            Err(Failure::Unknown(e)) => self.poison(e),
+            Err(Failure::RolledBack(_)) => {}
+        }
+        for p in pending {
+            let _ = match (p, &result) {
+                (Pending::Write(reply, r), Ok(())) => reply.send(r).is_ok(),
+                (Pending::Import(reply, o), Ok(())) => reply.send(Ok(o)).is_ok(),
+                (Pending::Meta(reply), Ok(())) => reply.send(Ok(())).is_ok(),
+                (Pending::Write(reply, _), Err(f)) => reply.send(Err(f.to_error())).is_ok(),
+                (Pending::Import(reply, _), Err(f)) => reply.send(Err(f.to_error())).is_ok(),
+                (Pending::Meta(reply), Err(f)) => reply.send(Err(f.to_error())).is_ok(),
+            };
+        }
+    }
+
+    /// The stored (version, live) of every key the group's writes and imports name.
+    async fn read_states(
+        &self,
+        group: &[Grouped],
+    ) -> Result<HashMap<Vec<u8>, KeyState>, StoreError> {
+        let mut keys: HashSet<Vec<u8>> = HashSet::new();
+        for g in group {
+            match g {
+                Grouped::Write { batch, .. } => {
+                    keys.extend(batch.iter().map(|m| keys::record_key(&m.address)));
+                }
+                Grouped::Import { records, .. } => {
+                    keys.extend(records.iter().map(|r| keys::record_key(&r.address)));
+                }
+                Grouped::Meta { .. } => {}
+            }
+        }
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let keys: Vec<Vec<u8>> = keys.into_iter().collect();
+        let rows = self
+            .client
+            .query(&self.statements.states, &[&keys])
+            .await
+            .map_err(pg_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.get::<_, Vec<u8>>(0),
+                    (version_from_sql(r.get(1)), r.get::<_, bool>(2)),
+                )
+            })
+            .collect())
+    }
+
+    fn stage(
+        &mut self,
+        plan: &mut Plan,
+        stored: &HashMap<Vec<u8>, KeyState>,
+        lsn: &mut Lsn,
+        request: Grouped,
+    ) -> Pending {
+        match request {
+            Grouped::Write { batch, reply } => {
+                Pending::Write(reply, self.stage_write(plan, stored, lsn, batch))
+            }
+            Grouped::Import { records, reply } => {
+                Pending::Import(reply, self.stage_import(plan, stored, lsn, records))
+            }
+            Grouped::Meta { name, value, reply } => {
+                plan.meta.push((name, value));
+                Pending::Meta(reply)
+            }
+        }
+    }
+
+    /// Checks a client batch; stages it only if every mutation passes (as the embedded engine).
+    fn stage_write(
+        &mut self,
+        plan: &mut Plan,
+        stored: &HashMap<Vec<u8>, KeyState>,
+        lsn: &mut Lsn,
+        batch: Vec<Mutation>,
+    ) -> Result<Vec<Version>, StoreError> {
+        let mut local: HashMap<Vec<u8>, KeyState> = HashMap::new();
+        let mut staged = Vec::with_capacity(batch.len());
+        let now = now_millis();
+        for (index, m) in batch.into_iter().enumerate() {
+            let key = keys::record_key(&m.address);
+            let state = match local.get(&key) {
+                Some(s) => Some(*s),
+                None => plan.state(stored, &key),
+            };
+            let live = state.filter(|(_, live)| *live).map(|(v, _)| v);
+            let ok = match m.precondition {
+                Precondition::None => true,
+                Precondition::Absent => live.is_none(),
+                Precondition::Exists => live.is_some(),
+                Precondition::Version(v) => live == Some(v),
+            };
+            if !ok {
+                return Err(StoreError::PreconditionFailed {
+                    index,
+                    current: live,
+                });
+            }
+            if matches!(m.op, MutationOp::Delete) && live.is_none() {
+                return Err(StoreError::NotFound { index });
+            }
+            // Per-key monotonic even if the wall clock went back or a copy came from the future.
+            if let Some((v, _)) = state {
+                self.hlc.observe(v);
+            }
+            let version = self.hlc.next(now);
+            local.insert(key.clone(), (version, matches!(m.op, MutationOp::Put(_))));
+            staged.push((key, version, m.op));
+        }
+        let versions = staged.iter().map(|(_, v, _)| *v).collect();
+        for (key, version, op) in staged {
+            let value = match op {
+                MutationOp::Put(b) => Some(b),
+                MutationOp::Delete => None,
+            };
+            plan.log(lsn, key, version, value);
+        }
+        Ok(versions)
+    }
+
+    /// Stages the records that win against what is stored; the rest are counted as skipped.
+    fn stage_import(
+        &mut self,
+        plan: &mut Plan,
+        stored: &HashMap<Vec<u8>, KeyState>,
+        lsn: &mut Lsn,
+        records: Vec<VersionedRecord>,
+    ) -> ImportOutcome {
+        let mut outcome = ImportOutcome::default();
+        for r in records {
+            let key = keys::record_key(&r.address);
+            if plan
+                .state(stored, &key)
+                .is_some_and(|(v, _)| v >= r.version)
+            {
+                outcome.skipped += 1;
+                continue;
+            }
+            self.hlc.observe(r.version);
+            plan.log(lsn, key, r.version, r.value);
+            outcome.applied += 1;
+        }
+        outcome
+    }
+
+    /// Writes a staged group in one transaction.
+    async fn apply(&mut self, plan: &Plan, lsn: Lsn) -> Result<(), Failure> {
+        let last_version = version_to_sql(self.hlc.last());
+        let lsn = lsn_to_sql(lsn).map_err(Failure::RolledBack)?;
+        let bulk = plan.changes.len() >= self.copy_threshold;
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .map_err(|e| Failure::RolledBack(pg_error(e)))?;
+        let staged: Result<(), StoreError> = async {
+            if !plan.changes.is_empty() {
+                if bulk {
+                    copy_rows(&tx, &self.sql, plan).await?;
+                    tx.execute(&self.statements.upsert_staged, &[])
+                        .await
+                        .map_err(pg_error)?;
+                } else {
+                    let (lsns, ops, versions, keys) = change_columns(plan)?;
+                    tx.execute(
+                        &self.statements.insert_changes,
+                        &[&lsns, &ops, &versions, &keys],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                    let keys: Vec<&[u8]> = plan.rows.iter().map(|(k, _, _)| k.as_slice()).collect();
+                    let versions: Vec<i64> =
+                        plan.rows.iter().map(|(_, v, _)| version_to_sql(*v)).collect();
+                    let values: Vec<Option<&[u8]>> =
+                        plan.rows.iter().map(|(_, _, v)| v.as_deref()).collect();
+                    tx.execute(&self.statements.upsert_rows, &[&keys, &versions, &values])
+                        .await
+                        .map_err(pg_error)?;
+                }
+                tx.execute(&self.statements.set_position, &[&lsn, &last_version])
+                    .await
+                    .map_err(pg_error)?;
+            }
+            for (name, value) in &plan.meta {
+                tx.execute(&self.statements.store_meta, &[name, &value.as_ref()])
+                    .await
+                    .map_err(pg_error)?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = staged {
+            // Dropping the transaction rolls it back; nothing of the group is written.
+            drop(tx);
+            return Err(Failure::RolledBack(e));
+        }
+        tx.commit()
+            .await
+            .map_err(|e| Failure::Unknown(pg_error(e)))
+    }
+
+    async fn purge(&mut self, scope: Scope) -> Result<u64, StoreError> {
+        let tx = self.client.transaction().await.map_err(pg_error)?;
+        let mut removed = 0u64;
+        for range in scope.buckets.ranges() {
+            let (start, end) = keys::bucket_range_bounds(&scope.service, scope.market, *range);
+            removed += tx
+                .execute(&self.statements.purge_range, &[&start, &end])
+                .await
+                .map_err(pg_error)?;
+        }
+        tx.commit().await.map_err(pg_error)?;
+        Ok(removed)
+    }
+
+    async fn trim(&mut self, upto: Lsn) -> Result<u64, StoreError> {
+        // The log position row keeps the last LSN, so the LSN never goes back.
+        let upto = lsn_to_sql(upto.min(self.next_lsn))?;
+        self.client
+            .execute(&self.statements.trim, &[&upto])
+            .await
+            .map_err(pg_error)
+    }
+}
+
+type ChangeColumns<'a> = (Vec<i64>, Vec<i16>, Vec<i64>, Vec<&'a [u8]>);
+
+fn change_columns(plan: &Plan) -> Result<ChangeColumns<'_>, StoreError> {
+    let mut cols: ChangeColumns<'_> = (
+        Vec::with_capacity(plan.changes.len()),
+        Vec::with_capacity(plan.changes.len()),
+        Vec::with_capacity(plan.changes.len()),
+        Vec::with_capacity(plan.changes.len()),
+    );
+    for (lsn, op, version, row) in &plan.changes {
+        cols.0.push(lsn_to_sql(*lsn)?);
+        cols.1.push(op_to_sql(*op));
+        cols.2.push(version_to_sql(*version));
+        cols.3.push(plan.rows[*row].0.as_slice());
+    }
+    Ok(cols)
+}
+
+/// Sends a bulk group with binary `COPY`: the change log straight into its table, the records
+/// into the session's staging table (upserted by the caller).
+async fn copy_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &Sql,
+    plan: &Plan,
+) -> Result<(), StoreError> {
+    let sink = tx.copy_in(&sql.copy_changes).await.map_err(pg_error)?;
+    let writer = BinaryCopyInWriter::new(sink, &[Type::INT8, Type::INT2, Type::INT8, Type::BYTEA]);
+    let mut writer = std::pin::pin!(writer);
+    for (lsn, op, version, row) in &plan.changes {
+        let values: [&(dyn ToSql + Sync); 4] = [
+            &lsn_to_sql(*lsn)?,
+            &op_to_sql(*op),
+            &version_to_sql(*version),
+            &plan.rows[*row].0.as_slice(),
+        ];
+        writer.as_mut().write(&values).await.map_err(pg_error)?;
+    }
+    writer.finish().await.map_err(pg_error)?;
+
+    let sink = tx.copy_in(&sql.copy_staged).await.map_err(pg_error)?;
+    let writer = BinaryCopyInWriter::new(sink, &[Type::BYTEA, Type::INT8, Type::BYTEA]);
+    let mut writer = std::pin::pin!(writer);
+    for (key, version, value) in &plan.rows {
+        let values: [&(dyn ToSql + Sync); 3] =
+            [&key.as_slice(), &version_to_sql(*version), &value.as_deref()];
+        writer.as_mut().write(&values).await.map_err(pg_error)?;
+    }
+    writer.finish().await.map_err(pg_error)?;
+    Ok(())
+}
+
+/// Why a group was not written: rolled back for sure, or lost at `COMMIT` (outcome unknown).
+enum Failure {
+    RolledBack(StoreError),
+    Unknown(StoreError),
+}
+
+impl Failure {
+    fn to_error(&self) -> StoreError {
+        match self {
+            Failure::RolledBack(e) => StoreError::Engine(format!("group rolled back: {e}")),
+            Failure::Unknown(_) => StoreError::Poisoned,
+        }
+    }
+}
+
+fn clone_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Poisoned => StoreError::Poisoned,
+        other => StoreError::Engine(other.to_string()),
+    }
+}
