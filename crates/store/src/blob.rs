@@ -3,18 +3,38 @@
 //! A blob lives at `blobs/{service}/{market}/{bucket}/{user}/{blake3 hex}`: addressed by content
 //! within one user's data, so that purging a scope deletes whole prefixes and erasing a user
 //! never touches another user's bytes (dedupe across users would tie their erasures together).
-//! Uploads stream to a temporary object while hashing and counting, and are renamed to their
-//! content address only when complete and within the size limit: a refused or broken upload
-//! leaves no blob behind. The local filesystem backend fsyncs files and their folders.
+//!
+//! Uploads are hashed and counted while they stream in, and refused once they pass the size
+//! limit. A body that ends within [`SINGLE_PUT_BYTES`] is written with one put at its content
+//! address. A larger one streams through a multipart upload to a temporary object, which is
+//! renamed to its content address only when complete; a refused or broken upload is aborted and
+//! its temporary object removed, so it leaves no blob behind.
+//!
+//! A region's config names its blob store with a spec ([`BlobStore::from_spec`]):
+//!
+//! - `file:PATH`: a local folder (relative to the config's base folder); files and their
+//!   folders are fsynced, and a rename is atomic.
+//! - `s3://BUCKET[/PREFIX][?endpoint=URL&region=R&allow_http=true]`: an S3 or S3-compatible
+//!   bucket, objects under `PREFIX` (so regions can share a bucket). `endpoint` is for
+//!   S3-compatible servers (path-style requests), `allow_http=true` permits a plain `http://`
+//!   endpoint; values are taken literally. Credentials and anything the spec leaves out come
+//!   from the standard environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//!   `AWS_SESSION_TOKEN`, `AWS_REGION`, ...), never from the spec. S3 has no rename: it is a
+//!   server-side copy then a delete of the temporary object, so a blob larger than the store's
+//!   single-copy limit (5 GiB on AWS) cannot be stored. A process killed mid-upload can leave an
+//!   incomplete multipart upload or an object under `tmp/`; neither is ever read as a blob, and a
+//!   bucket lifecycle rule (abort incomplete multipart uploads, expire `tmp/`) removes them.
 
 use crate::record::CollectionAddress;
 use bytes::Bytes;
 use domicile_core::Scope;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
@@ -32,7 +52,10 @@ pub enum BlobError {
     Upload(String),
     #[error("object store error: {0}")]
     Store(String),
-    #[error("invalid blob store spec {0:?}: expected file:PATH")]
+    #[error(
+        "invalid blob store spec {0:?}: expected file:PATH or \
+         s3://BUCKET[/PREFIX][?endpoint=URL&region=R&allow_http=true]"
+    )]
     Spec(String),
 }
 
@@ -63,6 +86,31 @@ pub struct BlobStore {
 
 static UPLOADS: AtomicU64 = AtomicU64::new(0);
 
+/// A body that ends within this many bytes is stored with one put at its content address, with no
+/// temporary object; a larger one goes through a multipart upload in parts of this size (S3's
+/// smallest part is 5 MiB).
+pub const SINGLE_PUT_BYTES: u64 = 5 * 1024 * 1024;
+
+/// Parts of one multipart upload in flight at once (bounds an upload's memory).
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// How long an abandoned upload's parts in flight may take to finish before it is aborted.
+const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A multipart upload to a temporary object, once the body outgrew [`SINGLE_PUT_BYTES`].
+struct Staged {
+    tmp: ObjectPath,
+    upload: WriteMultipart,
+}
+
+/// What a body that was read to its end left to store.
+struct Received {
+    hash: String,
+    size: u64,
+    /// The whole body, when it was small enough to keep in memory.
+    head: Vec<Bytes>,
+}
+
 impl BlobStore {
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
         Self { store }
@@ -76,12 +124,40 @@ impl BlobStore {
         Ok(Self::new(Arc::new(fs)))
     }
 
-    /// Opens `file:PATH` (relative to `base`).
+    /// Opens `file:PATH` (relative to `base`) or
+    /// `s3://BUCKET[/PREFIX][?endpoint=URL&region=R&allow_http=true]` (credentials from the
+    /// environment; see the module doc).
     pub fn from_spec(spec: &str, base: &Path) -> Result<Self, BlobError> {
+        if spec.starts_with("s3://") {
+            return Self::s3(spec, AmazonS3Builder::from_env());
+        }
         match spec.split_once(':') {
             Some(("file", path)) if !path.is_empty() => Self::local(&base.join(path)),
             _ => Err(BlobError::Spec(spec.to_string())),
         }
+    }
+
+    /// Opens an `s3://` spec; `builder` supplies what the spec does not name, credentials above
+    /// all ([`from_spec`](Self::from_spec) passes `AmazonS3Builder::from_env()`). Makes no request.
+    pub fn s3(spec: &str, builder: AmazonS3Builder) -> Result<Self, BlobError> {
+        let parsed = S3Spec::parse(spec)?;
+        let mut builder = builder.with_bucket_name(&parsed.bucket);
+        if let Some(endpoint) = &parsed.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(region) = &parsed.region {
+            builder = builder.with_region(region);
+        }
+        if let Some(allow_http) = parsed.allow_http {
+            builder = builder.with_allow_http(allow_http);
+        }
+        let s3 = builder
+            .build()
+            .map_err(|e| BlobError::Store(format!("open {spec}: {e}")))?;
+        Ok(match parsed.prefix {
+            Some(prefix) => Self::new(Arc::new(PrefixStore::new(s3, prefix))),
+            None => Self::new(Arc::new(s3)),
+        })
     }
 
     fn user_prefix(owner: &CollectionAddress) -> String {
@@ -95,6 +171,14 @@ impl BlobStore {
         ObjectPath::from(format!("{}/{hash}", Self::user_prefix(owner)))
     }
 
+    fn tmp_path() -> ObjectPath {
+        let n = UPLOADS.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        ObjectPath::from(format!("tmp/{}-{nanos}-{n}", std::process::id()))
+    }
+
     /// Streams `body` in, refusing it once it passes `limit` bytes. Returns its content address.
     pub async fn put_stream<S, E>(
         &self,
@@ -106,39 +190,107 @@ impl BlobStore {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let n = UPLOADS.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let tmp = ObjectPath::from(format!("tmp/{}-{nanos}-{n}", std::process::id()));
-        let mut upload = WriteMultipart::new(self.store.put_multipart(&tmp).await?);
+        let mut staged = None;
+        let received = match self.receive(body, limit, &mut staged).await {
+            Ok(received) => received,
+            Err(e) => {
+                if let Some(staged) = staged {
+                    Self::abort(staged).await;
+                }
+                return Err(e);
+            }
+        };
+        let target = Self::path(owner, &received.hash);
+        match staged {
+            None => {
+                let payload: PutPayload = received.head.into_iter().collect();
+                self.store.put(&target, payload).await?;
+            }
+            Some(Staged { tmp, upload }) => {
+                // On failure `finish` aborts the upload itself.
+                upload.finish().await?;
+                if let Err(e) = self.store.rename(&tmp, &target).await {
+                    self.discard(&tmp).await;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(BlobRef {
+            hash: received.hash,
+            size: received.size,
+            content_type: None,
+        })
+    }
+
+    /// Reads `body` to its end, hashing and counting it; keeps it in memory while it fits within
+    /// [`SINGLE_PUT_BYTES`], then starts `staged` and streams the rest into it.
+    async fn receive<S, E>(
+        &self,
+        body: S,
+        limit: u64,
+        staged: &mut Option<Staged>,
+    ) -> Result<Received, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
+        let mut head = Vec::new();
         let mut body = std::pin::pin!(body);
         while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = upload.abort().await;
-                    return Err(BlobError::Upload(e.to_string()));
-                }
-            };
+            let chunk = chunk.map_err(|e| BlobError::Upload(e.to_string()))?;
             size += chunk.len() as u64;
             if size > limit {
-                let _ = upload.abort().await;
                 return Err(BlobError::TooLarge { limit });
             }
             hasher.update(&chunk);
-            upload.put(chunk);
+            match staged {
+                Some(Staged { upload, .. }) => {
+                    upload.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                    upload.put(chunk);
+                }
+                None => {
+                    head.push(chunk);
+                    if size > SINGLE_PUT_BYTES {
+                        let tmp = Self::tmp_path();
+                        let mut upload = WriteMultipart::new(self.store.put_multipart(&tmp).await?);
+                        for chunk in head.drain(..) {
+                            upload.put(chunk);
+                        }
+                        *staged = Some(Staged { tmp, upload });
+                    }
+                }
+            }
         }
-        upload.finish().await?;
-        let hash = hasher.finalize().to_hex().to_string();
-        self.store.rename(&tmp, &Self::path(owner, &hash)).await?;
-        Ok(BlobRef {
-            hash,
+        Ok(Received {
+            hash: hasher.finalize().to_hex().to_string(),
             size,
-            content_type: None,
+            head,
         })
+    }
+
+    /// Aborts a refused or broken upload so that the store keeps none of it. Parts in flight are
+    /// let finish first (for a while): on S3 a part that lands after the abort would be kept,
+    /// unlisted, until a lifecycle rule removes it.
+    async fn abort(mut staged: Staged) {
+        let settled = tokio::time::timeout(ABORT_WAIT, staged.upload.wait_for_capacity(0)).await;
+        if let Ok(Err(e)) = settled {
+            tracing::debug!(tmp = %staged.tmp, error = %e, "a part of an abandoned upload failed");
+        }
+        if let Err(e) = staged.upload.abort().await {
+            tracing::warn!(tmp = %staged.tmp, error = %e, "could not abort a blob upload");
+        }
+    }
+
+    /// Removes a temporary object left by a failed rename.
+    async fn discard(&self, tmp: &ObjectPath) {
+        match self.store.delete(tmp).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::warn!(%tmp, error = %e, "could not remove a temporary blob object");
+            }
+        }
     }
 
     /// Stores a whole blob given in memory (imports between regions).
@@ -170,7 +322,8 @@ impl BlobStore {
         }
     }
 
-    /// Deletes every blob of `scope`; returns how many.
+    /// Deletes every blob of `scope`; returns how many. Deletes go out as the listing comes in
+    /// (on S3 in bulk requests of up to 1000 keys).
     pub async fn purge(&self, scope: &Scope) -> Result<u64, BlobError> {
         let mut removed = 0u64;
         for bucket in scope.buckets.buckets() {
@@ -178,15 +331,169 @@ impl BlobStore {
                 "blobs/{}/{}/{}",
                 scope.service, scope.market, bucket.0
             ));
-            let mut listing = self.store.list(Some(&prefix));
-            while let Some(meta) = listing.next().await {
-                let meta = meta?;
-                match self.store.delete(&meta.location).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => removed += 1,
+            let listing = self
+                .store
+                .list(Some(&prefix))
+                .map_ok(|meta| meta.location)
+                .boxed();
+            let mut deleted = self.store.delete_stream(listing);
+            while let Some(result) = deleted.next().await {
+                match result {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => removed += 1,
                     Err(e) => return Err(e.into()),
                 }
             }
         }
         Ok(removed)
+    }
+}
+
+/// A parsed `s3://BUCKET[/PREFIX][?endpoint=URL&region=R&allow_http=BOOL]` spec.
+#[derive(Debug, PartialEq, Eq)]
+struct S3Spec {
+    bucket: String,
+    prefix: Option<ObjectPath>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    allow_http: Option<bool>,
+}
+
+impl S3Spec {
+    fn parse(spec: &str) -> Result<Self, BlobError> {
+        let invalid = || BlobError::Spec(spec.to_string());
+        let rest = spec.strip_prefix("s3://").ok_or_else(invalid)?;
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+        if bucket.is_empty() || bucket.contains(char::is_whitespace) {
+            return Err(invalid());
+        }
+        let prefix = prefix.trim_end_matches('/');
+        let prefix = if prefix.is_empty() {
+            None
+        } else if prefix.split('/').any(str::is_empty) {
+            return Err(invalid());
+        } else {
+            Some(ObjectPath::parse(prefix).map_err(|_| invalid())?)
+        };
+        let mut parsed = Self {
+            bucket: bucket.to_string(),
+            prefix,
+            endpoint: None,
+            region: None,
+            allow_http: None,
+        };
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            let (key, value) = pair.split_once('=').ok_or_else(invalid)?;
+            if value.is_empty() {
+                return Err(invalid());
+            }
+            let fresh = match key {
+                "endpoint" => parsed.endpoint.replace(value.to_string()).is_none(),
+                "region" => parsed.region.replace(value.to_string()).is_none(),
+                "allow_http" => {
+                    let allow = value.parse::<bool>().map_err(|_| invalid())?;
+                    parsed.allow_http.replace(allow).is_none()
+                }
+                _ => false,
+            };
+            if !fresh {
+                return Err(invalid());
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s3(
+        bucket: &str,
+        prefix: Option<&str>,
+        endpoint: Option<&str>,
+        region: Option<&str>,
+        allow_http: Option<bool>,
+    ) -> S3Spec {
+        S3Spec {
+            bucket: bucket.to_string(),
+            prefix: prefix.map(ObjectPath::from),
+            endpoint: endpoint.map(str::to_string),
+            region: region.map(str::to_string),
+            allow_http,
+        }
+    }
+
+    #[test]
+    fn s3_specs_parse() {
+        let parse = |spec: &str| S3Spec::parse(spec).expect(spec);
+        assert_eq!(parse("s3://photos"), s3("photos", None, None, None, None));
+        assert_eq!(parse("s3://photos/"), s3("photos", None, None, None, None));
+        assert_eq!(
+            parse("s3://photos/eu/frankfurt/"),
+            s3("photos", Some("eu/frankfurt"), None, None, None)
+        );
+        assert_eq!(
+            parse("s3://photos/mumbai?region=ap-south-1"),
+            s3("photos", Some("mumbai"), None, Some("ap-south-1"), None)
+        );
+        assert_eq!(
+            parse("s3://b?endpoint=http://127.0.0.1:9000&region=local&allow_http=true"),
+            s3(
+                "b",
+                None,
+                Some("http://127.0.0.1:9000"),
+                Some("local"),
+                Some(true)
+            )
+        );
+        assert_eq!(
+            parse("s3://b/p?allow_http=false"),
+            s3("b", Some("p"), None, None, Some(false))
+        );
+    }
+
+    #[test]
+    fn bad_s3_specs_are_refused_with_both_forms_named() {
+        for spec in [
+            "s3://",
+            "s3:///prefix",
+            "s3://b//double",
+            "s3://b/../up",
+            "s3://b?region",
+            "s3://b?region=",
+            "s3://b?allow_http=yes",
+            "s3://b?region=a&region=b",
+            "s3://b?access_key_id=AKIA",
+            "s3://my bucket",
+        ] {
+            let err = S3Spec::parse(spec).expect_err(spec);
+            assert!(
+                matches!(&err, BlobError::Spec(s) if s == spec),
+                "{spec}: {err}"
+            );
+            let message = err.to_string();
+            assert!(
+                message.contains("file:PATH") && message.contains("s3://BUCKET"),
+                "{message}"
+            );
+        }
+        let base = Path::new("/nonexistent");
+        for spec in ["s3:/b", "S3://b", "file:", "gs://b"] {
+            assert!(
+                matches!(BlobStore::from_spec(spec, base), Err(BlobError::Spec(_))),
+                "{spec}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_s3_spec_opens_without_a_request() {
+        let base = Path::new("/nonexistent");
+        BlobStore::from_spec(
+            "s3://b/region-a?endpoint=http://127.0.0.1:9&allow_http=true",
+            base,
+        )
+        .expect("an s3 spec opens");
     }
 }

@@ -71,6 +71,40 @@ async fn oversized_and_broken_uploads_leave_nothing() {
 }
 
 #[tokio::test]
+async fn large_blobs_go_through_a_temporary_object_that_a_refusal_removes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path()).unwrap();
+    let owner = collection("cloud", "MY", "kay", "photos");
+    let mib = |i: u8| Ok::<_, std::io::Error>(Bytes::from(vec![i; 1 << 20]));
+    // Past the single-put size, so stored through a multipart upload and a rename.
+    let parts: Vec<_> = (0..7u8).map(mib).collect();
+    let expected: Vec<u8> = (0..7u8).flat_map(|i| vec![i; 1 << 20]).collect();
+    let blob = store
+        .put_stream(&owner, futures::stream::iter(parts), 8 << 20)
+        .await
+        .unwrap();
+    assert_eq!(blob.hash, blake3::hash(&expected).to_hex().to_string());
+    assert_eq!(read_all(&store, &owner, &blob.hash).await, expected);
+    let too_big = futures::stream::iter((0..9u8).map(mib));
+    assert!(matches!(
+        store.put_stream(&owner, too_big, 8 << 20).await,
+        Err(BlobError::TooLarge { .. })
+    ));
+    let broken = futures::stream::iter(
+        (0..6u8)
+            .map(mib)
+            .chain([Err(std::io::Error::other("client went away"))]),
+    );
+    assert!(matches!(
+        store.put_stream(&owner, broken, 8 << 20).await,
+        Err(BlobError::Upload(_))
+    ));
+    let files = walk(dir.path());
+    assert_eq!(files.len(), 1, "left behind: {files:?}");
+    assert!(files[0].ends_with(&blob.hash), "{files:?}");
+}
+
+#[tokio::test]
 async fn purge_deletes_exactly_the_scope() {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::local(dir.path()).unwrap();

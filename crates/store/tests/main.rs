@@ -20,5 +20,6 @@ mod embedded_conformance {
 }
 
 mod blobs;
+mod blobs_s3;
 mod postgres;
 mod poison;
