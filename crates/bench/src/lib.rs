@@ -6,5 +6,6 @@ pub mod copy;
 pub mod load;
 pub mod machine;
 pub mod store;
+pub mod store_postgres;
 
 pub use store::{StoreBenchOptions, StoreBenchReport, run_store_bench};

@@ -28,9 +28,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
-const VALUE_BYTES: usize = 256;
-const IMPORT_BATCH: usize = 10_000;
-const RECORDS_PER_USER: u64 = 64;
+pub(crate) const VALUE_BYTES: usize = 256;
+pub(crate) const IMPORT_BATCH: usize = 10_000;
+pub(crate) const RECORDS_PER_USER: u64 = 64;
 const POINT_READS: u64 = 200_000;
 
 #[derive(Debug, Clone)]
@@ -92,15 +92,15 @@ pub enum BenchError {
     Scan { got: u64, expected: u64 },
 }
 
-fn service() -> ServiceName {
+pub(crate) fn service() -> ServiceName {
     ServiceName::new("ecommerce").unwrap_or_else(|_| unreachable!("a valid literal"))
 }
 
-fn market() -> Market {
+pub(crate) fn market() -> Market {
     Market::new("IN").unwrap_or_else(|_| unreachable!("a valid literal"))
 }
 
-fn address(user: &str, key: &str) -> Result<domicile_store::RecordAddress, BenchError> {
+pub(crate) fn address(user: &str, key: &str) -> Result<domicile_store::RecordAddress, BenchError> {
     let bad = |e: domicile_core::IdError| BenchError::Task(e.to_string());
     let c = CollectionAddress::new(
         service(),
@@ -112,7 +112,7 @@ fn address(user: &str, key: &str) -> Result<domicile_store::RecordAddress, Bench
     Ok(c.record(RecordKey::new(key).map_err(bad)?))
 }
 
-fn random_value() -> Bytes {
+pub(crate) fn random_value() -> Bytes {
     let mut v = vec![0u8; VALUE_BYTES];
     rand::rng().fill_bytes(&mut v);
     Bytes::from(v)
@@ -154,7 +154,7 @@ impl ImportOrder {
     }
 }
 
-fn bar(progress: bool, len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(progress: bool, len: u64, what: &str) -> ProgressBar {
     if !progress {
         return ProgressBar::hidden();
     }
@@ -234,13 +234,15 @@ fn raw_key(r: &VersionedRecord) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn store_durable_writes(
-    store: &EmbeddedStore,
+/// `writers` concurrent single-record durable writes through the store: (writes/s, commits/s).
+pub(crate) async fn store_durable_writes(
+    store: Arc<dyn RegionStore>,
+    commits: impl Fn() -> u64,
     o: &StoreBenchOptions,
 ) -> Result<(f64, f64), BenchError> {
     let deadline = Instant::now() + Duration::from_secs_f64(o.write_seconds);
     let done = Arc::new(AtomicU64::new(0));
-    let commits_before = store.commits();
+    let commits_before = commits();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..o.writers {
@@ -264,7 +266,7 @@ async fn store_durable_writes(
         t.await.map_err(|e| BenchError::Task(e.to_string()))??;
     }
     let secs = started.elapsed().as_secs_f64();
-    let commits = (store.commits() - commits_before) as f64;
+    let commits = (commits() - commits_before) as f64;
     Ok((done.load(Ordering::Relaxed) as f64 / secs, commits / secs))
 }
 
@@ -294,8 +296,8 @@ fn raw_durable_writes(engine: Arc<RawEngine>, o: &StoreBenchOptions) -> Result<f
     Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn store_import(
-    store: &EmbeddedStore,
+pub(crate) async fn store_import(
+    store: &dyn RegionStore,
     order: &ImportOrder,
     o: &StoreBenchOptions,
 ) -> Result<f64, BenchError> {
@@ -342,7 +344,7 @@ fn raw_import(
     Ok(o.records as f64 / elapsed.as_secs_f64())
 }
 
-async fn scan(store: &EmbeddedStore, expected: u64) -> Result<f64, BenchError> {
+pub(crate) async fn scan(store: &dyn RegionStore, expected: u64) -> Result<f64, BenchError> {
     let scope = Scope {
         service: service(),
         market: market(),
@@ -362,7 +364,10 @@ async fn scan(store: &EmbeddedStore, expected: u64) -> Result<f64, BenchError> {
 }
 
 /// Random gets of imported records (user `u{i/64}`, key `k{i%64}`) from two tasks.
-async fn point_reads(store: &EmbeddedStore, records: u64) -> Result<f64, BenchError> {
+pub(crate) async fn point_reads(
+    store: Arc<dyn RegionStore>,
+    records: u64,
+) -> Result<f64, BenchError> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..2 {
@@ -396,8 +401,9 @@ pub async fn run_store_bench(options: StoreBenchOptions) -> Result<StoreBenchRep
 
     // One engine open at a time, so the peak RSS is one store's, not the sum of several.
     let store = EmbeddedStore::open(&store_dir, EmbeddedOptions::default())?;
-    let (durable, commits) = store_durable_writes(&store, o).await?;
-    drop(store);
+    let counter = store.clone();
+    let (durable, commits) =
+        store_durable_writes(Arc::new(store), move || counter.commits(), o).await?;
     progress.inc(1);
     let raw_durable = {
         let engine = Arc::new(RawEngine::open(&raw_dir)?);
@@ -417,8 +423,7 @@ pub async fn run_store_bench(options: StoreBenchOptions) -> Result<StoreBenchRep
     let import = store_import(&store, &order, o).await?;
     let import_peak = peak_rss_mib().unwrap_or(0.0);
     let scan = scan(&store, o.records).await?;
-    let reads = point_reads(&store, o.records).await?;
-    drop(store);
+    let reads = point_reads(Arc::new(store), o.records).await?;
     let raw_dir = fresh_dir(&o.dir, "bare-engine-import")?;
     let raw_import = {
         let engine = RawEngine::open(&raw_dir)?;

@@ -2,7 +2,9 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use domicile_bench::store_postgres::run_postgres_store_bench;
 use domicile_bench::{StoreBenchOptions, run_store_bench};
+use domicile_store::PostgresSpec;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -75,6 +77,11 @@ pub struct StoreArgs {
     /// current directory, removed afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// `embedded`, `postgres` (a throwaway local cluster from the machine's PostgreSQL server
+    /// binaries) or a `postgres://USER@HOST:PORT/DB` URL (the benchmark creates and drops its own
+    /// `domicile_bench_*` schemas there).
+    #[arg(long, default_value = "embedded")]
+    engine: String,
 }
 
 pub async fn run(cmd: BenchCommand) -> Result<()> {
@@ -108,9 +115,18 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
                 write_seconds: args.seconds,
                 progress: !args.json,
             };
-            let report = run_store_bench(options)
-                .await
-                .context("run the store benchmark")?;
+            let report = match args.engine.as_str() {
+                "embedded" => run_store_bench(options).await,
+                "postgres" => run_postgres_store_bench(options, None).await,
+                url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                    let spec = PostgresSpec::parse(url)?;
+                    run_postgres_store_bench(options, Some(spec)).await
+                }
+                other => anyhow::bail!(
+                    "--engine {other}: expected embedded, postgres or a postgres:// URL"
+                ),
+            }
+            .context("run the store benchmark")?;
             let _ = std::fs::remove_dir(&dir);
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())

@@ -43,7 +43,11 @@ fn spec_for(dir: &Path, options_tag: &str) -> PostgresSpec {
     PostgresSpec::parse(&spec).expect("a valid spec")
 }
 
-fn open_with(dir: &Path, tag: &str, options: PostgresOptions) -> BoxFuture<'static, Arc<dyn RegionStore>> {
+fn open_with(
+    dir: &Path,
+    tag: &str,
+    options: PostgresOptions,
+) -> BoxFuture<'static, Arc<dyn RegionStore>> {
     let spec = spec_for(dir, tag);
     Box::pin(async move {
         let store = PostgresStore::open(&spec, options)

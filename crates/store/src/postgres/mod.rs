@@ -92,11 +92,11 @@ pub(crate) struct Sql {
     pub changes: String,
     pub load_meta: String,
     pub states: String,
-    pub upsert_rows: String,
     pub upsert_staged: String,
-    pub insert_changes: String,
     pub copy_changes: String,
     pub copy_staged: String,
+    pub copy_records: String,
+    pub write_group: String,
     pub store_meta: String,
     pub set_position: String,
     pub purge_range: String,
@@ -133,25 +133,29 @@ impl Sql {
             states: format!(
                 "SELECT key, version, value IS NOT NULL FROM {s}.records WHERE key = ANY($1)"
             ),
-            upsert_rows: format!(
-                "INSERT INTO {s}.records (key, version, value) \
-                 SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bytea[]) \
-                 ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version, value = EXCLUDED.value"
-            ),
             upsert_staged: format!(
                 "INSERT INTO {s}.records (key, version, value) \
                  SELECT key, version, value FROM pg_temp.domicile_staged \
                  ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version, value = EXCLUDED.value"
             ),
-            insert_changes: format!(
-                "INSERT INTO {s}.changes (lsn, op, version, key) \
-                 SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::bigint[], $4::bytea[])"
-            ),
             copy_changes: format!(
                 "COPY {s}.changes (lsn, op, version, key) FROM STDIN (FORMAT binary)"
             ),
-            copy_staged: "COPY pg_temp.domicile_staged (key, version, value) FROM STDIN (FORMAT binary)"
-                .to_string(),
+            copy_staged:
+                "COPY pg_temp.domicile_staged (key, version, value) FROM STDIN (FORMAT binary)"
+                    .to_string(),
+            copy_records: format!(
+                "COPY {s}.records (key, version, value) FROM STDIN (FORMAT binary)"
+            ),
+            // A whole small group in one statement, so one round trip (and one commit).
+            write_group: format!(
+                "WITH c AS (INSERT INTO {s}.changes (lsn, op, version, key) \
+                     SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::bigint[], $4::bytea[])), \
+                 p AS (UPDATE {s}.log_position SET last_lsn = $8, last_version = $9) \
+                 INSERT INTO {s}.records (key, version, value) \
+                 SELECT * FROM unnest($5::bytea[], $6::bigint[], $7::bytea[]) \
+                 ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version, value = EXCLUDED.value"
+            ),
             store_meta: format!(
                 "INSERT INTO {s}.meta (name, value) VALUES ($1, $2) \
                  ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
@@ -242,8 +246,15 @@ impl PostgresStore {
             poisoned: AtomicBool::new(false),
             commits: AtomicU64::new(0),
         });
-        let writer = Writer::new(client, sql.clone(), shared.clone(), hlc, last, options.copy_threshold)
-            .await?;
+        let writer = Writer::new(
+            client,
+            sql.clone(),
+            shared.clone(),
+            hlc,
+            last,
+            options.copy_threshold,
+        )
+        .await?;
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(writer.run(rx));
 

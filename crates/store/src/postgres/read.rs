@@ -89,7 +89,9 @@ impl PostgresStore {
             }
             None => prefix.clone(),
         };
-        let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1).saturating_add(1);
+        let fetch = i64::try_from(limit)
+            .unwrap_or(i64::MAX - 1)
+            .saturating_add(1);
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(&self.inner.sql.list)
@@ -145,7 +147,10 @@ impl PostgresStore {
                 if lsn_tx.send(lsn_from_sql(position.get(0))?).is_err() {
                     return Ok(());
                 }
-                let stmt = txn.prepare_cached(&sql.scan_range).await.map_err(pg_error)?;
+                let stmt = txn
+                    .prepare_cached(&sql.scan_range)
+                    .await
+                    .map_err(pg_error)?;
                 for range in scope.buckets.ranges() {
                     let (start, end) =
                         keys::bucket_range_bounds(&scope.service, scope.market, *range);

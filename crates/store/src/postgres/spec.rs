@@ -47,9 +47,8 @@ impl PostgresSpec {
 
     /// The driver's connection settings.
     pub fn config(&self) -> Result<tokio_postgres::Config, StoreError> {
-        let mut config = tokio_postgres::Config::from_str(&self.url).map_err(|e| {
-            StoreError::Spec(format!("{} ({e})", redact(&self.url)))
-        })?;
+        let mut config = tokio_postgres::Config::from_str(&self.url)
+            .map_err(|e| StoreError::Spec(format!("{} ({e})", redact(&self.url))))?;
         if config.get_application_name().is_none() {
             config.application_name("domicile");
         }
@@ -103,8 +102,9 @@ mod tests {
 
     #[test]
     fn schema_is_taken_out_of_the_url() {
-        let s = PostgresSpec::parse("postgres://u@127.0.0.1:5433/db?schema=us_west&connect_timeout=5")
-            .unwrap();
+        let s =
+            PostgresSpec::parse("postgres://u@127.0.0.1:5433/db?schema=us_west&connect_timeout=5")
+                .unwrap();
         assert_eq!(s.schema(), "us_west");
         assert_eq!(s.url, "postgres://u@127.0.0.1:5433/db?connect_timeout=5");
         let d = PostgresSpec::parse("postgresql://u@localhost/db").unwrap();
@@ -117,7 +117,9 @@ mod tests {
         assert!(PostgresSpec::parse("postgres://u@h/db?schema=Bad-Name").is_err());
         let e = PostgresSpec::parse("postgres://u:secret@h:notaport/db").unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
-        let shown = PostgresSpec::parse("postgres://u:secret@h/db").unwrap().to_string();
+        let shown = PostgresSpec::parse("postgres://u:secret@h/db")
+            .unwrap()
+            .to_string();
         assert_eq!(shown, "postgres://u:***@h/db?schema=domicile");
     }
 }

@@ -13,7 +13,9 @@ use super::schema::{version_from_sql, version_to_sql};
 use super::{Shared, Sql, pg_error};
 use crate::error::StoreError;
 use crate::keys;
-use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, MutationOp, Precondition, VersionedRecord};
+use crate::record::{
+    ChangeOp, ImportOutcome, Lsn, Mutation, MutationOp, Precondition, VersionedRecord,
+};
 use bytes::Bytes;
 use domicile_core::{Hlc, Scope, Version};
 use std::collections::{HashMap, HashSet};
@@ -34,8 +36,14 @@ pub(crate) enum Request {
     /// Requests that share a group (and its transaction).
     Grouped(Grouped),
     /// Purges and trims run alone, between groups.
-    Purge { scope: Scope, reply: Reply<u64> },
-    Trim { upto: Lsn, reply: Reply<u64> },
+    Purge {
+        scope: Scope,
+        reply: Reply<u64>,
+    },
+    Trim {
+        upto: Lsn,
+        reply: Reply<u64>,
+    },
 }
 
 pub(crate) enum Grouped {
@@ -94,6 +102,9 @@ struct Plan {
     /// One change-log entry per mutation: (lsn, op, version, key index into `rows`).
     changes: Vec<(Lsn, ChangeOp, Version, usize)>,
     meta: Vec<(String, Bytes)>,
+    /// Whether some written key already has a stored row (else rows can be `COPY`d straight
+    /// into the table: nothing to conflict with, as this is the only writer).
+    overwrites: bool,
 }
 
 impl Plan {
@@ -104,8 +115,16 @@ impl Plan {
         }
     }
 
-    fn log(&mut self, lsn: &mut Lsn, key: Vec<u8>, version: Version, value: Option<Bytes>) {
+    fn log(
+        &mut self,
+        stored: &HashMap<Vec<u8>, KeyState>,
+        lsn: &mut Lsn,
+        key: Vec<u8>,
+        version: Version,
+        value: Option<Bytes>,
+    ) {
         *lsn = Lsn(lsn.0 + 1);
+        self.overwrites |= stored.contains_key(&key);
         let op = if value.is_some() {
             ChangeOp::Put
         } else {
@@ -128,9 +147,8 @@ impl Plan {
 
 struct Statements {
     states: Statement,
-    upsert_rows: Statement,
     upsert_staged: Statement,
-    insert_changes: Statement,
+    write_group: Statement,
     store_meta: Statement,
     set_position: Statement,
     purge_range: Statement,
@@ -180,9 +198,8 @@ impl Writer {
         };
         let statements = Statements {
             states: prepare(&sql.states).await?,
-            upsert_rows: prepare(&sql.upsert_rows).await?,
             upsert_staged: prepare(&sql.upsert_staged).await?,
-            insert_changes: prepare(&sql.insert_changes).await?,
+            write_group: prepare(&sql.write_group).await?,
             store_meta: prepare(&sql.store_meta).await?,
             set_position: prepare(&sql.set_position).await?,
             purge_range: prepare(&sql.purge_range).await?,
@@ -230,7 +247,9 @@ impl Writer {
     /// may have taken a commit's outcome with it, so it poisons the store).
     fn usable(&self) -> Result<(), StoreError> {
         if !self.poisoned() && self.client.is_closed() {
-            self.poison(&StoreError::Engine("the writer connection is closed".into()));
+            self.poison(&StoreError::Engine(
+                "the writer connection is closed".into(),
+            ));
         }
         if self.poisoned() {
             Err(StoreError::Poisoned)
@@ -417,7 +436,7 @@ impl Writer {
                 MutationOp::Put(b) => Some(b),
                 MutationOp::Delete => None,
             };
-            plan.log(lsn, key, version, value);
+            plan.log(stored, lsn, key, version, value);
         }
         Ok(versions)
     }
@@ -441,17 +460,54 @@ impl Writer {
                 continue;
             }
             self.hlc.observe(r.version);
-            plan.log(lsn, key, r.version, r.value);
+            plan.log(stored, lsn, key, r.version, r.value);
             outcome.applied += 1;
         }
         outcome
     }
 
-    /// Writes a staged group in one transaction.
+    /// Writes a staged group: a small one (no metadata) as one statement, otherwise as one
+    /// transaction, with binary `COPY` for bulk.
     async fn apply(&mut self, plan: &Plan, lsn: Lsn) -> Result<(), Failure> {
         let last_version = version_to_sql(self.hlc.last());
         let lsn = lsn_to_sql(lsn).map_err(Failure::RolledBack)?;
+        if plan.changes.is_empty() && plan.meta.is_empty() {
+            return Ok(());
+        }
         let bulk = plan.changes.len() >= self.copy_threshold;
+        if !bulk && plan.meta.is_empty() {
+            let (lsns, ops, versions, keys) = change_columns(plan).map_err(Failure::RolledBack)?;
+            let row_keys: Vec<&[u8]> = plan.rows.iter().map(|(k, _, _)| k.as_slice()).collect();
+            let row_versions: Vec<i64> = plan
+                .rows
+                .iter()
+                .map(|(_, v, _)| version_to_sql(*v))
+                .collect();
+            let values: Vec<Option<&[u8]>> =
+                plan.rows.iter().map(|(_, _, v)| v.as_deref()).collect();
+            let params: [&(dyn ToSql + Sync); 9] = [
+                &lsns,
+                &ops,
+                &versions,
+                &keys,
+                &row_keys,
+                &row_versions,
+                &values,
+                &lsn,
+                &last_version,
+            ];
+            // An error the server answered means the statement's transaction rolled back; no
+            // answer (a lost connection) leaves the commit's outcome unknown.
+            return match self
+                .client
+                .execute(&self.statements.write_group, &params)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if e.as_db_error().is_some() => Err(Failure::RolledBack(pg_error(e))),
+                Err(e) => Err(Failure::Unknown(pg_error(e))),
+            };
+        }
         let tx = self
             .client
             .transaction()
@@ -459,27 +515,14 @@ impl Writer {
             .map_err(|e| Failure::RolledBack(pg_error(e)))?;
         let staged: Result<(), StoreError> = async {
             if !plan.changes.is_empty() {
-                if bulk {
-                    copy_rows(&tx, &self.sql, plan).await?;
+                copy_changes(&tx, &self.sql, plan).await?;
+                if plan.overwrites {
+                    copy_rows(&tx, &self.sql.copy_staged, plan).await?;
                     tx.execute(&self.statements.upsert_staged, &[])
                         .await
                         .map_err(pg_error)?;
                 } else {
-                    let (lsns, ops, versions, keys) = change_columns(plan)?;
-                    tx.execute(
-                        &self.statements.insert_changes,
-                        &[&lsns, &ops, &versions, &keys],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                    let keys: Vec<&[u8]> = plan.rows.iter().map(|(k, _, _)| k.as_slice()).collect();
-                    let versions: Vec<i64> =
-                        plan.rows.iter().map(|(_, v, _)| version_to_sql(*v)).collect();
-                    let values: Vec<Option<&[u8]>> =
-                        plan.rows.iter().map(|(_, _, v)| v.as_deref()).collect();
-                    tx.execute(&self.statements.upsert_rows, &[&keys, &versions, &values])
-                        .await
-                        .map_err(pg_error)?;
+                    copy_rows(&tx, &self.sql.copy_records, plan).await?;
                 }
                 tx.execute(&self.statements.set_position, &[&lsn, &last_version])
                     .await
@@ -498,9 +541,7 @@ impl Writer {
             drop(tx);
             return Err(Failure::RolledBack(e));
         }
-        tx.commit()
-            .await
-            .map_err(|e| Failure::Unknown(pg_error(e)))
+        tx.commit().await.map_err(|e| Failure::Unknown(pg_error(e)))
     }
 
     async fn purge(&mut self, scope: Scope) -> Result<u64, StoreError> {
@@ -545,9 +586,8 @@ fn change_columns(plan: &Plan) -> Result<ChangeColumns<'_>, StoreError> {
     Ok(cols)
 }
 
-/// Sends a bulk group with binary `COPY`: the change log straight into its table, the records
-/// into the session's staging table (upserted by the caller).
-async fn copy_rows(
+/// Sends a bulk group's change-log rows with binary `COPY`, straight into their table.
+async fn copy_changes(
     tx: &tokio_postgres::Transaction<'_>,
     sql: &Sql,
     plan: &Plan,
@@ -565,13 +605,25 @@ async fn copy_rows(
         writer.as_mut().write(&values).await.map_err(pg_error)?;
     }
     writer.finish().await.map_err(pg_error)?;
+    Ok(())
+}
 
-    let sink = tx.copy_in(&sql.copy_staged).await.map_err(pg_error)?;
+/// Sends a bulk group's final rows with binary `COPY` (`copy` names the table: the records
+/// themselves when no row exists yet, else the staging table the caller upserts from).
+async fn copy_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    copy: &str,
+    plan: &Plan,
+) -> Result<(), StoreError> {
+    let sink = tx.copy_in(copy).await.map_err(pg_error)?;
     let writer = BinaryCopyInWriter::new(sink, &[Type::BYTEA, Type::INT8, Type::BYTEA]);
     let mut writer = std::pin::pin!(writer);
     for (key, version, value) in &plan.rows {
-        let values: [&(dyn ToSql + Sync); 3] =
-            [&key.as_slice(), &version_to_sql(*version), &value.as_deref()];
+        let values: [&(dyn ToSql + Sync); 3] = [
+            &key.as_slice(),
+            &version_to_sql(*version),
+            &value.as_deref(),
+        ];
         writer.as_mut().write(&values).await.map_err(pg_error)?;
     }
     writer.finish().await.map_err(pg_error)?;
