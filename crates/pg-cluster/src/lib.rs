@@ -150,7 +150,12 @@ impl PgCluster {
                 Command::new("chown").args(["postgres:postgres"]).arg(root),
                 "chown the cluster folder to postgres",
             )?;
-            vec!["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+            vec![
+                "setpriv",
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+            ]
         } else {
             Vec::new()
         };
@@ -164,18 +169,16 @@ impl PgCluster {
             None => Command::new(&initdb),
         };
         run(
-            cmd.arg("-D")
-                .arg(root.join("data"))
-                .args([
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                    "--no-sync",
-                    "--no-instructions",
-                ]),
+            cmd.arg("-D").arg(root.join("data")).args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            ]),
             "initdb",
         )?;
 

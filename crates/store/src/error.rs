@@ -22,7 +22,9 @@ pub enum StoreError {
     Engine(String),
     #[error("stored bytes are corrupt: {0}")]
     Corrupt(String),
-    #[error("invalid store spec {0:?}: expected embedded:PATH or postgres://USER@HOST:PORT/DB[?schema=NAME]")]
+    #[error(
+        "invalid store spec {0:?}: expected embedded:PATH or postgres://USER@HOST:PORT/DB[?schema=NAME]"
+    )]
     Spec(String),
     #[error("the store is closed")]
     Closed,

@@ -21,5 +21,5 @@ mod embedded_conformance {
 
 mod blobs;
 mod blobs_s3;
-mod postgres;
 mod poison;
+mod postgres;

@@ -3,7 +3,6 @@
 //!
 //! Chosen over redb by measurement: docs/decisions/0001-embedded-engine.md.
 
-
 mod read;
 mod writer;
 

@@ -1,9 +1,9 @@
 //! The embedded engine's read paths: point reads, pages, snapshots, the change log, digests.
 
 use super::EmbeddedStore;
-use crate::keys;
 use crate::digest::{BucketDigest, BucketDigester};
 use crate::error::StoreError;
+use crate::keys;
 use crate::record::{
     Change, CollectionAddress, ListPage, ListedRecord, Lsn, Record, RecordAddress, VersionedRecord,
 };

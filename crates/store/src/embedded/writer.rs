@@ -7,8 +7,8 @@
 //! If a durable commit fails, the store is poisoned: every later write is refused.
 
 use super::Shared;
-use crate::keys::{self, encode_change, encode_value, lsn_key};
 use crate::error::StoreError;
+use crate::keys::{self, encode_change, encode_value, lsn_key};
 use crate::record::{
     ChangeOp, ImportOutcome, Lsn, Mutation, MutationOp, Precondition, VersionedRecord,
 };
