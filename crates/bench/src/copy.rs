@@ -1,28 +1,110 @@
 //! `domicile bench copy`: a scope copied region to region over loopback (snapshot stream →
 //! import, through both nodes' internal APIs), beside the target store's own import rate for the
-//! same records in the same run.
+//! same records in the same run. Either region may be on the embedded engine or on PostgreSQL;
+//! when both are on PostgreSQL, the same rows are also moved the incumbent's way, `pg_dump
+//! --format=custom | pg_restore` between the two servers, and timed in the same run.
 
 use crate::machine::Machine;
 use crate::store::{BenchError, ImportOrder};
 use domicile_client::region::RegionClient;
 use domicile_core::RegionId;
 use domicile_migrate::Mover;
+use domicile_pg_cluster::PgCluster;
 use domicile_region::BoundNode;
-use domicile_store::{EmbeddedOptions, EmbeddedStore, RegionStore};
+use domicile_store::{
+    EmbeddedOptions, EmbeddedStore, PostgresOptions, PostgresSpec, PostgresStore, RegionStore,
+};
 use domicile_wire::api::ScopeRequest;
 use serde::Serialize;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BATCH: u64 = 10_000;
 
+/// Where a benchmark region keeps its store.
+#[derive(Debug, Clone)]
+pub enum CopyEngine {
+    Embedded,
+    /// A throwaway local cluster, started for the run.
+    PostgresThrowaway,
+    Postgres(PostgresSpec),
+}
+
+impl CopyEngine {
+    /// `embedded`, `postgres` or a `postgres://` URL.
+    pub fn parse(s: &str) -> Result<Self, BenchError> {
+        match s {
+            "embedded" => Ok(Self::Embedded),
+            "postgres" => Ok(Self::PostgresThrowaway),
+            url => Ok(Self::Postgres(PostgresSpec::parse(url).map_err(|e| {
+                BenchError::Task(format!("{url}: expected embedded, postgres or a URL ({e})"))
+            })?)),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Embedded => "embedded-fjall",
+            _ => "postgres",
+        }
+    }
+}
+
+/// A region's store as the benchmark set it up (a throwaway cluster lives as long as this).
+struct RegionStoreSetup {
+    spec: String,
+    postgres: Option<PostgresSpec>,
+    _cluster: Option<PgCluster>,
+}
+
+async fn set_up(engine: &CopyEngine, region: &str) -> Result<RegionStoreSetup, BenchError> {
+    let schema = region.replace('-', "_");
+    let (spec, cluster) = match engine {
+        CopyEngine::Embedded => {
+            return Ok(RegionStoreSetup {
+                spec: format!("embedded:{region}/store"),
+                postgres: None,
+                _cluster: None,
+            });
+        }
+        CopyEngine::PostgresThrowaway => {
+            let cluster = crate::store_postgres::throwaway_cluster().await?;
+            (
+                PostgresSpec::parse(&cluster.url("postgres"))?,
+                Some(cluster),
+            )
+        }
+        CopyEngine::Postgres(spec) => (spec.clone(), None),
+    };
+    let spec = spec.with_schema(&schema)?;
+    let admin = crate::store_postgres::connect(&spec).await?;
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .map_err(|e| BenchError::Task(format!("drop {schema}: {e}")))?;
+    Ok(RegionStoreSetup {
+        spec: spec.to_string(),
+        postgres: Some(spec),
+        _cluster: cluster,
+    })
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CopyBenchReport {
+    pub from: String,
+    pub to: String,
     pub records: u64,
     pub records_per_s: f64,
     pub mb_per_s: f64,
     pub raw_import_records_per_s: f64,
     pub copy_vs_raw_import: f64,
+    /// PostgreSQL to PostgreSQL only: the same rows through `pg_dump -Fc | pg_restore`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pg_dump_restore_records_per_s: Option<f64>,
+    /// `records_per_s / pg_dump_restore_records_per_s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
     pub verified: bool,
     /// Peak RSS (MiB) of the process — source node, target node and mover — during the copy.
     pub peak_rss_mib_during_copy: Option<f64>,
@@ -32,11 +114,15 @@ pub struct CopyBenchReport {
 /// A region node serving until `stop` fires; the handle finishes when it has closed its store.
 async fn start(
     region: &str,
+    store: &str,
     dir: &Path,
     stop: &tokio::sync::watch::Sender<bool>,
 ) -> Result<(String, tokio::task::JoinHandle<()>), BenchError> {
-    let config = domicile_core::reference::cluster_config();
+    let mut config = domicile_core::reference::cluster_config();
     let id = RegionId::new(region).map_err(|e| BenchError::Task(e.to_string()))?;
+    for r in config.regions.iter_mut().filter(|r| r.id == id) {
+        r.store = store.to_string();
+    }
     let state = domicile_region::open(&config, &id, dir).await?;
     let node = BoundNode::bind(state, "127.0.0.1:0").await?;
     let url = format!("http://{}", node.local_addr()?);
@@ -52,8 +138,15 @@ async fn start(
     Ok((url, served))
 }
 
-pub async fn run_copy_bench(records: u64, dir: &Path) -> Result<CopyBenchReport, BenchError> {
+pub async fn run_copy_bench(
+    records: u64,
+    from: &CopyEngine,
+    to: &CopyEngine,
+    dir: &Path,
+) -> Result<CopyBenchReport, BenchError> {
     let order = ImportOrder::new(records);
+    let source_store = set_up(from, "cn-beijing").await?;
+    let target_store = set_up(to, "ap-mumbai").await?;
     let scope = ScopeRequest {
         service: "ecommerce"
             .parse()
@@ -65,8 +158,8 @@ pub async fn run_copy_bench(records: u64, dir: &Path) -> Result<CopyBenchReport,
     };
     let http = domicile_client::http_client();
     let (stop, _) = tokio::sync::watch::channel(false);
-    let (source_url, source_node) = start("cn-beijing", dir, &stop).await?;
-    let (target_url, target_node) = start("ap-mumbai", dir, &stop).await?;
+    let (source_url, source_node) = start("cn-beijing", &source_store.spec, dir, &stop).await?;
+    let (target_url, target_node) = start("ap-mumbai", &target_store.spec, dir, &stop).await?;
     let source = RegionClient::new(source_url, http.clone());
     let target = RegionClient::new(target_url, http);
     let mut start_at = 0;
@@ -96,8 +189,25 @@ pub async fn run_copy_bench(records: u64, dir: &Path) -> Result<CopyBenchReport,
         node.await.map_err(|e| BenchError::Task(e.to_string()))?;
     }
 
+    let dump_restore = match (&source_store.postgres, &target_store.postgres) {
+        (Some(source), Some(target)) => Some(pg_dump_restore(source, target, records).await?),
+        _ => None,
+    };
+
     // The target store's own import rate for the same records, no network, no framing.
-    let raw = EmbeddedStore::open(&dir.join("raw-import"), EmbeddedOptions::default())?;
+    let raw: Arc<dyn RegionStore> = match &target_store.postgres {
+        None => Arc::new(EmbeddedStore::open(
+            &dir.join("raw-import"),
+            EmbeddedOptions::default(),
+        )?),
+        Some(spec) => Arc::new(
+            PostgresStore::open(
+                &spec.with_schema("domicile_bench_raw_import")?,
+                PostgresOptions::default(),
+            )
+            .await?,
+        ),
+    };
     let mut elapsed = Duration::ZERO;
     let mut start_at = 0;
     while start_at < records {
@@ -108,16 +218,133 @@ pub async fn run_copy_bench(records: u64, dir: &Path) -> Result<CopyBenchReport,
         elapsed += t.elapsed();
         start_at += len;
     }
+    drop(raw);
+    if let Some(spec) = &target_store.postgres {
+        let admin = crate::store_postgres::connect(spec).await?;
+        for schema in ["domicile_bench_raw_import", "cn_beijing", "ap_mumbai"] {
+            let _ = admin
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .await;
+        }
+    }
+    if let Some(spec) = &source_store.postgres {
+        let admin = crate::store_postgres::connect(spec).await?;
+        let _ = admin
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", spec.schema()))
+            .await;
+    }
     let raw_rate = records as f64 / elapsed.as_secs_f64();
     let rate = copied.records as f64 / copied.seconds;
+    let dump_rate = dump_restore.map(|secs| records as f64 / secs);
     Ok(CopyBenchReport {
+        from: from.name().into(),
+        to: to.name().into(),
         records: copied.records,
         records_per_s: rate.round(),
         mb_per_s: (copied.bytes as f64 / (1 << 20) as f64 / copied.seconds * 10.0).round() / 10.0,
         raw_import_records_per_s: raw_rate.round(),
         copy_vs_raw_import: (rate / raw_rate * 100.0).round() / 100.0,
+        pg_dump_restore_records_per_s: dump_rate.map(f64::round),
+        ratio: dump_rate.map(|d| (rate / d * 100.0).round() / 100.0),
         verified,
         peak_rss_mib_during_copy: peak_rss.map(|m| (m * 10.0).round() / 10.0),
         machine: Machine::current(),
     })
+}
+
+/// Moves the source region's records table to a fresh database on the target's server with
+/// `pg_dump --format=custom | pg_restore` (table, primary key and all); returns the seconds.
+async fn pg_dump_restore(
+    source: &PostgresSpec,
+    target: &PostgresSpec,
+    records: u64,
+) -> Result<f64, BenchError> {
+    const DATABASE: &str = "domicile_bench_restore";
+    let bindir = domicile_pg_cluster::bindir().map_err(|e| BenchError::Task(e.to_string()))?;
+    let admin = crate::store_postgres::connect(target).await?;
+    let sql_err = |e: tokio_postgres::Error| BenchError::Task(format!("restore database: {e}"));
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {DATABASE}"))
+        .await
+        .map_err(sql_err)?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
+        .await
+        .map_err(sql_err)?;
+    let conninfo = |spec: &PostgresSpec, db: Option<&str>| -> Result<String, BenchError> {
+        let (host, port, user, dbname) = server(spec)?;
+        let dbname = db.map_or(dbname, str::to_string);
+        Ok(format!(
+            "host={host} port={port} user={user} dbname={dbname}"
+        ))
+    };
+    let (from, to) = (conninfo(source, None)?, conninfo(target, Some(DATABASE))?);
+    let schema = source.schema().to_string();
+    let restore_spec = PostgresSpec::parse(&target_url(target, DATABASE)?)?;
+    let restore_db = crate::store_postgres::connect(&restore_spec).await?;
+    restore_db
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .map_err(sql_err)?;
+    drop(restore_db);
+    let script = format!(
+        "set -o pipefail; '{dump}' --format=custom --table='{schema}.records' --dbname=\"$FROM\" \
+         | '{restore}' --dbname=\"$TO\" --no-owner --exit-on-error",
+        dump = bindir.join("pg_dump").display(),
+        restore = bindir.join("pg_restore").display(),
+    );
+    let started = Instant::now();
+    let out = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("FROM", &from)
+        .env("TO", &to)
+        .output()
+        .await
+        .map_err(|e| BenchError::Task(format!("run pg_dump | pg_restore: {e}")))?;
+    let secs = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(BenchError::Task(format!(
+            "pg_dump | pg_restore failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    // Check that the rows arrived, so the baseline cannot be fast by doing nothing.
+    let restored = crate::store_postgres::connect(&restore_spec).await?;
+    let n: i64 = restored
+        .query_one(&format!("SELECT count(*) FROM {schema}.records"), &[])
+        .await
+        .map_err(sql_err)?
+        .get(0);
+    drop(restored);
+    if u64::try_from(n).ok() != Some(records) {
+        return Err(BenchError::Scan {
+            got: u64::try_from(n).unwrap_or(0),
+            expected: records,
+        });
+    }
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {DATABASE}"))
+        .await
+        .map_err(sql_err)?;
+    Ok(secs)
+}
+
+/// `spec`'s server: host, port, user and database (libpq's defaults where unset).
+fn server(spec: &PostgresSpec) -> Result<(String, u16, String, String), BenchError> {
+    let config = spec.config()?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("postgres").to_string();
+    let dbname = config.get_dbname().unwrap_or("postgres").to_string();
+    Ok((host, port, user, dbname))
+}
+
+/// `spec`'s server with another database, as a URL.
+fn target_url(spec: &PostgresSpec, database: &str) -> Result<String, BenchError> {
+    let (host, port, user, _) = server(spec)?;
+    Ok(format!("postgres://{user}@{host}:{port}/{database}"))
 }

@@ -44,6 +44,14 @@ pub struct CopyArgs {
     /// Records in the copied scope.
     #[arg(long, default_value_t = 1_000_000)]
     records: u64,
+    /// The source region's engine: `embedded`, `postgres` (a throwaway local cluster) or a
+    /// `postgres://` URL.
+    #[arg(long, default_value = "embedded")]
+    from: String,
+    /// The target region's engine, as `--from`. PostgreSQL on both sides adds the
+    /// `pg_dump | pg_restore` baseline.
+    #[arg(long, default_value = "embedded")]
+    to: String,
 }
 
 #[derive(Args)]
@@ -93,7 +101,9 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             let dir = tempfile::Builder::new()
                 .prefix("domicile-bench-copy-")
                 .tempdir_in(std::env::current_dir()?)?;
-            let report = domicile_bench::copy::run_copy_bench(args.records, dir.path())
+            let from = domicile_bench::copy::CopyEngine::parse(&args.from)?;
+            let to = domicile_bench::copy::CopyEngine::parse(&args.to)?;
+            let report = domicile_bench::copy::run_copy_bench(args.records, &from, &to, dir.path())
                 .await
                 .context("run the copy benchmark")?;
             let _ = args.json;

@@ -92,6 +92,7 @@ pub(crate) struct Sql {
     pub changes: String,
     pub load_meta: String,
     pub states: String,
+    pub states_in_range: String,
     pub upsert_staged: String,
     pub copy_changes: String,
     pub copy_staged: String,
@@ -132,6 +133,11 @@ impl Sql {
             load_meta: format!("SELECT value FROM {s}.meta WHERE name = $1"),
             states: format!(
                 "SELECT key, version, value IS NOT NULL FROM {s}.records WHERE key = ANY($1)"
+            ),
+            // The budget ($3) bounds a range that holds many other rows: then `states` instead.
+            states_in_range: format!(
+                "SELECT key, version, value IS NOT NULL FROM {s}.records \
+                 WHERE key >= $1 AND key <= $2 ORDER BY key LIMIT $3"
             ),
             upsert_staged: format!(
                 "INSERT INTO {s}.records (key, version, value) \

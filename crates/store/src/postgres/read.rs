@@ -19,8 +19,9 @@ use tokio_postgres::IsolationLevel;
 use tokio_postgres::types::ToSql;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// Records per snapshot chunk: large enough to amortise a frame, small enough to checkpoint often.
-const SNAPSHOT_CHUNK: i32 = 1024;
+/// Rows per portal fetch of a snapshot (one round trip each; the mover checkpoints per its own
+/// chunks, not per fetch).
+const SNAPSHOT_CHUNK: i32 = 4096;
 /// Change-log entries examined per `changes` call, whatever the scope matches (LSNs are dense,
 /// so this bounds the range the query reads).
 const CHANGES_SCAN_LIMIT: u64 = 65_536;

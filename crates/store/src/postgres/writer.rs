@@ -147,6 +147,7 @@ impl Plan {
 
 struct Statements {
     states: Statement,
+    states_in_range: Statement,
     upsert_staged: Statement,
     write_group: Statement,
     store_meta: Statement,
@@ -198,6 +199,7 @@ impl Writer {
         };
         let statements = Statements {
             states: prepare(&sql.states).await?,
+            states_in_range: prepare(&sql.states_in_range).await?,
             upsert_staged: prepare(&sql.upsert_staged).await?,
             write_group: prepare(&sql.write_group).await?,
             store_meta: prepare(&sql.store_meta).await?,
@@ -351,12 +353,16 @@ impl Writer {
         if keys.is_empty() {
             return Ok(HashMap::new());
         }
-        let keys: Vec<Vec<u8>> = keys.into_iter().collect();
-        let rows = self
-            .client
-            .query(&self.statements.states, &[&keys])
-            .await
-            .map_err(pg_error)?;
+        let mut keys: Vec<Vec<u8>> = keys.into_iter().collect();
+        keys.sort_unstable();
+        let rows = match self.states_by_range(&keys).await? {
+            Some(rows) => rows,
+            None => self
+                .client
+                .query(&self.statements.states, &[&keys])
+                .await
+                .map_err(pg_error)?,
+        };
         Ok(rows
             .into_iter()
             .map(|r| {
@@ -366,6 +372,28 @@ impl Writer {
                 )
             })
             .collect())
+    }
+
+    /// A bulk group's keys are mostly one dense key range (a snapshot chunk): one range scan
+    /// reads their states cheaper than a probe per key. `None` when the range holds many other
+    /// rows (a sparse group), and for small groups.
+    async fn states_by_range(
+        &self,
+        sorted: &[Vec<u8>],
+    ) -> Result<Option<Vec<tokio_postgres::Row>>, StoreError> {
+        let (Some(first), Some(last)) = (sorted.first(), sorted.last()) else {
+            return Ok(None);
+        };
+        if sorted.len() < self.copy_threshold.max(64) {
+            return Ok(None);
+        }
+        let budget = i64::try_from(sorted.len() * 2 + 64).unwrap_or(i64::MAX);
+        let rows = self
+            .client
+            .query(&self.statements.states_in_range, &[first, last, &budget])
+            .await
+            .map_err(pg_error)?;
+        Ok((i64::try_from(rows.len()).unwrap_or(i64::MAX) < budget).then_some(rows))
     }
 
     fn stage(
