@@ -139,11 +139,16 @@ impl ImportOrder {
         Self { users }
     }
 
+    /// The address of the `i`-th record in stream order.
+    fn address(&self, i: u64) -> Result<domicile_store::RecordAddress, BenchError> {
+        let (_, user) = &self.users[(i / RECORDS_PER_USER) as usize];
+        address(user, &format!("k{:04}", i % RECORDS_PER_USER))
+    }
+
     /// The `i`-th record in stream order.
     fn record(&self, i: u64) -> Result<VersionedRecord, BenchError> {
-        let (_, user) = &self.users[(i / RECORDS_PER_USER) as usize];
         Ok(VersionedRecord {
-            address: address(user, &format!("k{:04}", i % RECORDS_PER_USER))?,
+            address: self.address(i)?,
             version: Version::from_parts(1_700_000_000_000, (i % 1000) as u16),
             value: Some(random_value()),
         })
@@ -363,22 +368,20 @@ pub(crate) async fn scan(store: &dyn RegionStore, expected: u64) -> Result<f64, 
     Ok(got as f64 / secs)
 }
 
-/// Random gets of imported records (user `u{i/64}`, key `k{i%64}`) from two tasks.
+/// Random gets of imported records (any of the first `records` in stream order) from two tasks.
 pub(crate) async fn point_reads(
     store: Arc<dyn RegionStore>,
+    order: Arc<ImportOrder>,
     records: u64,
 ) -> Result<f64, BenchError> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..2 {
-        let store = store.clone();
+        let (store, order) = (store.clone(), order.clone());
         tasks.push(tokio::spawn(async move {
             for _ in 0..POINT_READS / 2 {
                 let i = rand::rng().random_range(0..records);
-                let a = address(
-                    &format!("u{}", i / RECORDS_PER_USER),
-                    &format!("k{:04}", i % RECORDS_PER_USER),
-                )?;
+                let a = order.address(i)?;
                 if store.get(&a).await?.is_none() {
                     return Err(BenchError::Task(format!("record {i} missing")));
                 }
@@ -423,7 +426,7 @@ pub async fn run_store_bench(options: StoreBenchOptions) -> Result<StoreBenchRep
     let import = store_import(&store, &order, o).await?;
     let import_peak = peak_rss_mib().unwrap_or(0.0);
     let scan = scan(&store, o.records).await?;
-    let reads = point_reads(Arc::new(store), o.records).await?;
+    let reads = point_reads(Arc::new(store), order.clone(), o.records).await?;
     let raw_dir = fresh_dir(&o.dir, "bare-engine-import")?;
     let raw_import = {
         let engine = RawEngine::open(&raw_dir)?;

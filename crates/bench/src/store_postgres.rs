@@ -95,13 +95,13 @@ pub async fn run_postgres_store_bench(
 
     let store =
         PostgresStore::open(&spec.with_schema(SCHEMAS[1])?, PostgresOptions::default()).await?;
-    let order = ImportOrder::new(o.records);
+    let order = Arc::new(ImportOrder::new(o.records));
     let whole_run_so_far = peak_rss_mib().unwrap_or(0.0);
     let phase_peak = reset_peak_rss();
     let import = store_import(&store, &order, o).await?;
     let import_peak = peak_rss_mib().unwrap_or(0.0);
     let scan = scan(&store, o.records).await?;
-    let reads = point_reads(Arc::new(store), o.records).await?;
+    let reads = point_reads(Arc::new(store), order.clone(), o.records).await?;
     let raw_import = raw_import(&admin, &order, o).await?;
     drop_schemas(&admin).await?;
 
