@@ -290,6 +290,10 @@ pub async fn change_stream_filters_by_scope_and_pages(open: Open) {
     let (rest, at) = store.changes(store.last_lsn(), &scope, 10).await.unwrap();
     assert!(rest.is_empty());
     assert_eq!(at, store.last_lsn());
+    // A page of nothing skips nothing: the position stays where it was.
+    let (none, at) = store.changes(Lsn(0), &scope, 0).await.unwrap();
+    assert!(none.is_empty());
+    assert_eq!(at, Lsn(0));
 }
 
 pub async fn snapshot_is_isolated_from_concurrent_writes(open: Open) {

@@ -43,6 +43,8 @@ pub struct PostgresOptions {
     pub copy_threshold: usize,
     /// How long opening waits for another process that holds the store.
     pub lock_timeout: Duration,
+    /// How long a read waits for a pooled connection before it fails (rather than hang).
+    pub pool_wait: Duration,
 }
 
 impl Default for PostgresOptions {
@@ -51,6 +53,7 @@ impl Default for PostgresOptions {
             pool_size: 16,
             copy_threshold: 256,
             lock_timeout: Duration::from_secs(15),
+            pool_wait: Duration::from_secs(30),
         }
     }
 }
@@ -273,6 +276,8 @@ impl PostgresStore {
         );
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(options.pool_wait))
             .build()
             .map_err(|e| StoreError::Engine(format!("postgres pool: {e}")))?;
         tracing::info!(schema, lsn = last.0, "opened the PostgreSQL store");

@@ -213,7 +213,7 @@ impl PostgresStore {
         limit: usize,
     ) -> Result<(Vec<Change>, Lsn), StoreError> {
         let upto = self.last_lsn_published();
-        if after >= upto {
+        if after >= upto || limit == 0 {
             return Ok((Vec::new(), after));
         }
         let window_end = Lsn(upto.0.min(after.0.saturating_add(CHANGES_SCAN_LIMIT)));
