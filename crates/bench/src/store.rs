@@ -69,6 +69,46 @@ pub struct StoreBenchReport {
     pub machine: Machine,
 }
 
+/// The figures one run measured (rates per second, RSS in MiB), before rounding.
+pub(crate) struct Measured {
+    pub durable: f64,
+    pub raw_durable: f64,
+    pub commits: f64,
+    pub import: f64,
+    pub raw_import: f64,
+    pub scan: f64,
+    pub reads: f64,
+    /// Peak RSS of the import phase, where the peak could be reset before it.
+    pub import_peak: Option<f64>,
+    pub whole_run_so_far: f64,
+}
+
+impl StoreBenchReport {
+    pub(crate) fn new(engine: &str, o: &StoreBenchOptions, m: Measured) -> Self {
+        let round = |x: f64| (x * 10.0).round() / 10.0;
+        let ratio = |a: f64, b: f64| (a / b * 100.0).round() / 100.0;
+        let now = peak_rss_mib().unwrap_or(0.0);
+        Self {
+            engine: engine.into(),
+            records: o.records,
+            writers: o.writers,
+            value_bytes: VALUE_BYTES,
+            durable_writes_per_s: round(m.durable),
+            raw_durable_writes_per_s: round(m.raw_durable),
+            durable_vs_raw: ratio(m.durable, m.raw_durable),
+            commits_per_s: round(m.commits),
+            import_records_per_s: round(m.import),
+            raw_import_records_per_s: round(m.raw_import),
+            import_vs_raw: ratio(m.import, m.raw_import),
+            scan_records_per_s: round(m.scan),
+            point_reads_per_s: round(m.reads),
+            peak_rss_mib: round(m.import_peak.unwrap_or(now)),
+            peak_rss_mib_whole_run: round(m.whole_run_so_far.max(now)),
+            machine: Machine::current(),
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum BenchError {
     #[error("move: {0}")]
@@ -444,27 +484,19 @@ pub async fn run_store_bench(options: StoreBenchOptions) -> Result<StoreBenchRep
         let path = o.dir.join(dir);
         std::fs::remove_dir_all(&path).map_err(|source| BenchError::Io { path, source })?;
     }
-    let round = |x: f64| (x * 10.0).round() / 10.0;
-    Ok(StoreBenchReport {
-        engine: "embedded-fjall".into(),
-        records: o.records,
-        writers: o.writers,
-        value_bytes: VALUE_BYTES,
-        durable_writes_per_s: round(durable),
-        raw_durable_writes_per_s: round(raw_durable),
-        durable_vs_raw: (durable / raw_durable * 100.0).round() / 100.0,
-        commits_per_s: round(commits),
-        import_records_per_s: round(import),
-        raw_import_records_per_s: round(raw_import),
-        import_vs_raw: (import / raw_import * 100.0).round() / 100.0,
-        scan_records_per_s: round(scan),
-        point_reads_per_s: round(reads),
-        peak_rss_mib: round(if phase_peak {
-            import_peak
-        } else {
-            peak_rss_mib().unwrap_or(0.0)
-        }),
-        peak_rss_mib_whole_run: round(whole_run_so_far.max(peak_rss_mib().unwrap_or(0.0))),
-        machine: Machine::current(),
-    })
+    Ok(StoreBenchReport::new(
+        "embedded-fjall",
+        o,
+        Measured {
+            durable,
+            raw_durable,
+            commits,
+            import,
+            raw_import,
+            scan,
+            reads,
+            import_peak: phase_peak.then_some(import_peak),
+            whole_run_so_far,
+        },
+    ))
 }

@@ -12,9 +12,9 @@
 //! The benchmark owns three schemas (`domicile_bench_*`), dropped before and after. Without a
 //! URL it starts a throwaway cluster (fsync on). RSS is this process's (PostgreSQL's is its own).
 
-use crate::machine::{Machine, peak_rss_mib, reset_peak_rss};
+use crate::machine::{peak_rss_mib, reset_peak_rss};
 use crate::store::{
-    BenchError, IMPORT_BATCH, ImportOrder, StoreBenchOptions, StoreBenchReport, VALUE_BYTES, bar,
+    BenchError, IMPORT_BATCH, ImportOrder, Measured, StoreBenchOptions, StoreBenchReport, bar,
     point_reads, random_value, scan, store_durable_writes, store_import,
 };
 use domicile_pg_cluster::PgCluster;
@@ -105,29 +105,21 @@ pub async fn run_postgres_store_bench(
     let raw_import = raw_import(&admin, &order, o).await?;
     drop_schemas(&admin).await?;
 
-    let round = |x: f64| (x * 10.0).round() / 10.0;
-    Ok(StoreBenchReport {
-        engine: "postgres".into(),
-        records: o.records,
-        writers: o.writers,
-        value_bytes: VALUE_BYTES,
-        durable_writes_per_s: round(durable),
-        raw_durable_writes_per_s: round(raw_durable),
-        durable_vs_raw: (durable / raw_durable * 100.0).round() / 100.0,
-        commits_per_s: round(commits),
-        import_records_per_s: round(import),
-        raw_import_records_per_s: round(raw_import),
-        import_vs_raw: (import / raw_import * 100.0).round() / 100.0,
-        scan_records_per_s: round(scan),
-        point_reads_per_s: round(reads),
-        peak_rss_mib: round(if phase_peak {
-            import_peak
-        } else {
-            peak_rss_mib().unwrap_or(0.0)
-        }),
-        peak_rss_mib_whole_run: round(whole_run_so_far.max(peak_rss_mib().unwrap_or(0.0))),
-        machine: Machine::current(),
-    })
+    Ok(StoreBenchReport::new(
+        "postgres",
+        o,
+        Measured {
+            durable,
+            raw_durable,
+            commits,
+            import,
+            raw_import,
+            scan,
+            reads,
+            import_peak: phase_peak.then_some(import_peak),
+            whole_run_so_far,
+        },
+    ))
 }
 
 /// The bare tables: the same key, version and value columns, and a change log.

@@ -66,6 +66,23 @@ pub fn collection_prefix(c: &CollectionAddress) -> Vec<u8> {
     k
 }
 
+/// The key range `[start, end)` of a collection's records strictly after `after`. Keys never
+/// hold NUL, so "after k" is "at or after k + NUL"; the prefix ends with the NUL after the
+/// collection, and 0x01 in its place bounds the collection from above.
+pub fn list_range(c: &CollectionAddress, after: Option<&RecordKey>) -> (Vec<u8>, Vec<u8>) {
+    let prefix = collection_prefix(c);
+    let mut end = prefix.clone();
+    if let Some(last) = end.last_mut() {
+        *last = 1;
+    }
+    let mut start = prefix;
+    if let Some(k) = after {
+        start.extend_from_slice(k.as_str().as_bytes());
+        start.push(0);
+    }
+    (start, end)
+}
+
 pub fn record_key(a: &RecordAddress) -> Vec<u8> {
     let mut k = collection_prefix(&a.collection);
     k.extend_from_slice(a.key.as_str().as_bytes());

@@ -14,6 +14,7 @@ pub mod embedded;
 pub mod error;
 pub(crate) mod keys;
 pub mod postgres;
+mod queue;
 pub mod record;
 pub mod spec;
 pub mod store;

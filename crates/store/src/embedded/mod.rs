@@ -8,6 +8,7 @@ mod writer;
 
 use crate::digest::BucketDigest;
 use crate::error::StoreError;
+use crate::queue::{QUEUE_DEPTH, Request, Submit};
 use crate::record::{
     Change, CollectionAddress, ImportOutcome, ListPage, Lsn, Mutation, Record, RecordAddress,
     VersionedRecord,
@@ -21,8 +22,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
-use writer::{Grouped, Request, Writer};
+use tokio::sync::{mpsc, watch};
+use writer::Writer;
 
 /// The meta key holding the highest trimmed LSN, so the LSN never goes back.
 const LSN_FLOOR: &str = "lsn-floor";
@@ -122,7 +123,7 @@ impl EmbeddedStore {
             fail_next_commit: AtomicBool::new(false),
             commits: AtomicU64::new(0),
         });
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = Writer {
             db: db.clone(),
             records: records.clone(),
@@ -169,17 +170,11 @@ impl EmbeddedStore {
             .store(true, Ordering::Release);
     }
 
-    async fn send<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request,
-    ) -> Result<T, StoreError> {
-        if self.is_poisoned() {
-            return Err(StoreError::Poisoned);
+    fn submit(&self) -> Submit<'_> {
+        Submit {
+            tx: self.inner.tx.as_ref(),
+            poisoned: &self.inner.shared.poisoned,
         }
-        let (reply, rx) = oneshot::channel();
-        let tx = self.inner.tx.as_ref().ok_or(StoreError::Closed)?;
-        tx.send(make(reply)).await.map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn blocking<T: Send + 'static>(
@@ -200,11 +195,7 @@ impl RegionStore for EmbeddedStore {
     }
 
     async fn write(&self, batch: Vec<Mutation>) -> Result<Vec<Version>, StoreError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.send(|reply| Request::Grouped(Grouped::Write { batch, reply }))
-            .await
+        self.submit().write(batch).await
     }
 
     async fn get(&self, address: &RecordAddress) -> Result<Option<Record>, StoreError> {
@@ -224,11 +215,7 @@ impl RegionStore for EmbeddedStore {
     }
 
     async fn import(&self, records: Vec<VersionedRecord>) -> Result<ImportOutcome, StoreError> {
-        if records.is_empty() {
-            return Ok(ImportOutcome::default());
-        }
-        self.send(|reply| Request::Grouped(Grouped::Import { records, reply }))
-            .await
+        self.submit().import(records).await
     }
 
     async fn snapshot(&self, scope: &Scope) -> Result<SnapshotScan, StoreError> {
@@ -263,12 +250,11 @@ impl RegionStore for EmbeddedStore {
     }
 
     async fn purge(&self, scope: &Scope) -> Result<u64, StoreError> {
-        let scope = scope.clone();
-        self.send(|reply| Request::Purge { scope, reply }).await
+        self.submit().purge(scope).await
     }
 
     async fn trim_changes(&self, upto: Lsn) -> Result<u64, StoreError> {
-        self.send(|reply| Request::Trim { upto, reply }).await
+        self.submit().trim(upto).await
     }
 
     async fn load_meta(&self, name: &str) -> Result<Option<Bytes>, StoreError> {
@@ -280,8 +266,6 @@ impl RegionStore for EmbeddedStore {
     }
 
     async fn store_meta(&self, name: &str, value: Bytes) -> Result<(), StoreError> {
-        let name = name.to_string();
-        self.send(|reply| Request::Grouped(Grouped::Meta { name, value, reply }))
-            .await
+        self.submit().store_meta(name, value).await
     }
 }

@@ -11,7 +11,6 @@ use crate::store::SnapshotScan;
 use bytes::Bytes;
 use domicile_core::{RecordKey, Scope};
 use fjall::Readable;
-use std::ops::Bound;
 use tokio_stream::wrappers::ReceiverStream;
 
 /// Records per snapshot chunk: large enough to amortise a frame, small enough to checkpoint often.
@@ -43,27 +42,11 @@ impl EmbeddedStore {
         after: Option<&RecordKey>,
         limit: usize,
     ) -> Result<ListPage, StoreError> {
-        let prefix = keys::collection_prefix(collection);
-        let mut end = prefix.clone();
-        // The prefix ends with the NUL after the collection; 0x01 bounds it from above.
-        if let Some(last) = end.last_mut() {
-            *last = 1;
-        }
-        let start = match after {
-            Some(k) => {
-                let mut s = prefix.clone();
-                s.extend_from_slice(k.as_str().as_bytes());
-                Bound::Excluded(s)
-            }
-            None => Bound::Included(prefix.clone()),
-        };
+        let prefix_len = keys::collection_prefix(collection).len();
+        let (start, end) = keys::list_range(collection, after);
         let mut items = Vec::new();
         let mut more = false;
-        for guard in self
-            .inner
-            .records
-            .range::<Vec<u8>, _>((start, Bound::Excluded(end)))
-        {
+        for guard in self.inner.records.range::<Vec<u8>, _>(start..end) {
             let (k, v) = guard.into_inner()?;
             let (version, value) = keys::decode_value(&v)?;
             let Some(value) = value else { continue };
@@ -71,7 +54,7 @@ impl EmbeddedStore {
                 more = true;
                 break;
             }
-            let key = std::str::from_utf8(&k[prefix.len()..])
+            let key = std::str::from_utf8(&k[prefix_len..])
                 .ok()
                 .and_then(|s| RecordKey::new(s).ok())
                 .ok_or_else(|| StoreError::Corrupt("record key".into()))?;

@@ -9,75 +9,19 @@
 use super::Shared;
 use crate::error::StoreError;
 use crate::keys::{self, encode_change, encode_value, lsn_key};
-use crate::record::{
-    ChangeOp, ImportOutcome, Lsn, Mutation, MutationOp, Precondition, VersionedRecord,
+use crate::queue::{
+    Grouped, KeyState, Reply, Request, check_mutation, clone_error, gather, now_millis,
 };
-use bytes::Bytes;
+use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, MutationOp, VersionedRecord};
 use domicile_core::{Hlc, Scope, Version};
 use fjall::{Database, Keyspace, PersistMode};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-/// How many records one group may carry before it is committed (bounds memory and latency).
-const MAX_GROUP_RECORDS: usize = 16_384;
 /// How many keys a purge or trim removes per durable batch.
 const DELETE_CHUNK: usize = 8_192;
-
-pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-pub(crate) enum Request {
-    /// Requests that share a group (and its fsync).
-    Grouped(Grouped),
-    /// Purges and trims run alone, in chunks, between groups.
-    Purge {
-        scope: Scope,
-        reply: Reply<u64>,
-    },
-    Trim {
-        upto: Lsn,
-        reply: Reply<u64>,
-    },
-}
-
-pub(crate) enum Grouped {
-    Write {
-        batch: Vec<Mutation>,
-        reply: Reply<Vec<Version>>,
-    },
-    Import {
-        records: Vec<VersionedRecord>,
-        reply: Reply<ImportOutcome>,
-    },
-    Meta {
-        name: String,
-        value: Bytes,
-        reply: Reply<()>,
-    },
-}
-
-impl Request {
-    fn weight(&self) -> usize {
-        match self {
-            Request::Grouped(Grouped::Write { batch, .. }) => batch.len(),
-            Request::Grouped(Grouped::Import { records, .. }) => records.len(),
-            _ => 1,
-        }
-    }
-
-    fn fail(self, err: impl Fn() -> StoreError) {
-        // A caller that went away no longer needs its answer.
-        let _ = match self {
-            Request::Grouped(Grouped::Write { reply, .. }) => reply.send(Err(err())).is_ok(),
-            Request::Grouped(Grouped::Import { reply, .. }) => reply.send(Err(err())).is_ok(),
-            Request::Grouped(Grouped::Meta { reply, .. }) => reply.send(Err(err())).is_ok(),
-            Request::Purge { reply, .. } => reply.send(Err(err())).is_ok(),
-            Request::Trim { reply, .. } => reply.send(Err(err())).is_ok(),
-        };
-    }
-}
 
 /// An answer held back until the group it belongs to is durable.
 enum Pending {
@@ -96,9 +40,6 @@ pub(crate) struct Writer {
     pub next_lsn: Lsn,
 }
 
-/// State of a key as the group sees it: (version, live).
-type KeyState = Option<(Version, bool)>;
-
 struct Group {
     batch: fjall::OwnedWriteBatch,
     /// Set when staging failed half-way: the group is dropped, not committed.
@@ -110,26 +51,10 @@ struct Group {
     lsn: Lsn,
 }
 
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Writer {
     pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         while let Some(first) = rx.blocking_recv() {
-            let mut queued = vec![first];
-            let mut weight = queued[0].weight();
-            while weight < MAX_GROUP_RECORDS {
-                match rx.try_recv() {
-                    Ok(r) => {
-                        weight += r.weight();
-                        queued.push(r);
-                    }
-                    Err(_) => break,
-                }
-            }
+            let queued = gather(first, &mut rx);
             self.process(queued);
         }
         tracing::debug!("store writer stopped: every handle was dropped");
@@ -140,7 +65,7 @@ impl Writer {
         let total = queued.len();
         for (index, request) in queued.into_iter().enumerate() {
             if self.shared.poisoned.load(Ordering::Acquire) {
-                request.fail(|| StoreError::Poisoned);
+                request.fail(StoreError::Poisoned);
                 continue;
             }
             match request {
@@ -171,7 +96,7 @@ impl Writer {
         self.commit(group);
     }
 
-    fn state(&self, g: &Group, key: &[u8]) -> Result<KeyState, StoreError> {
+    fn state(&self, g: &Group, key: &[u8]) -> Result<Option<KeyState>, StoreError> {
         if let Some(s) = g.overlay.get(key) {
             return Ok(Some(*s));
         }
@@ -239,22 +164,7 @@ impl Writer {
                 Some(s) => Some(*s),
                 None => self.state(g, &key)?,
             };
-            let live = state.filter(|(_, live)| *live).map(|(v, _)| v);
-            let ok = match m.precondition {
-                Precondition::None => true,
-                Precondition::Absent => live.is_none(),
-                Precondition::Exists => live.is_some(),
-                Precondition::Version(v) => live == Some(v),
-            };
-            if !ok {
-                return Err(StoreError::PreconditionFailed {
-                    index,
-                    current: live,
-                });
-            }
-            if matches!(m.op, MutationOp::Delete) && live.is_none() {
-                return Err(StoreError::NotFound { index });
-            }
+            check_mutation(index, &m, state)?;
             // Per-key monotonic even if the wall clock went back or a copy came from the future.
             if let Some((v, _)) = state {
                 self.hlc.observe(v);
@@ -372,9 +282,9 @@ impl Writer {
                 (Pending::Write(reply, r), Ok(())) => reply.send(r).is_ok(),
                 (Pending::Import(reply, o), Ok(())) => reply.send(o).is_ok(),
                 (Pending::Meta(reply), Ok(())) => reply.send(Ok(())).is_ok(),
-                (Pending::Write(reply, _), Err(e)) => reply.send(Err(clone_err(e))).is_ok(),
-                (Pending::Import(reply, _), Err(e)) => reply.send(Err(clone_err(e))).is_ok(),
-                (Pending::Meta(reply), Err(e)) => reply.send(Err(clone_err(e))).is_ok(),
+                (Pending::Write(reply, _), Err(e)) => reply.send(Err(clone_error(e))).is_ok(),
+                (Pending::Import(reply, _), Err(e)) => reply.send(Err(clone_error(e))).is_ok(),
+                (Pending::Meta(reply), Err(e)) => reply.send(Err(clone_error(e))).is_ok(),
             };
         }
     }
@@ -466,12 +376,5 @@ impl Writer {
         );
         self.commit_batch(batch, self.next_lsn)?;
         Ok(removed)
-    }
-}
-
-fn clone_err(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Poisoned => StoreError::Poisoned,
-        other => StoreError::Engine(other.to_string()),
     }
 }

@@ -15,6 +15,7 @@ mod writer;
 
 use crate::digest::BucketDigest;
 use crate::error::StoreError;
+use crate::queue::{QUEUE_DEPTH, Submit};
 use crate::record::{
     Change, CollectionAddress, ImportOutcome, ListPage, Lsn, Mutation, Record, RecordAddress,
     VersionedRecord,
@@ -27,9 +28,9 @@ use domicile_core::{Hlc, RecordKey, Scope, Version};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_postgres::NoTls;
-use writer::{Grouped, Request, Writer};
+use writer::Writer;
 
 pub use spec::PostgresSpec;
 
@@ -188,7 +189,7 @@ pub(crate) struct Inner {
     sql: Arc<Sql>,
     shared: Arc<Shared>,
     lsn_rx: watch::Receiver<Lsn>,
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::Sender<crate::queue::Request>,
     schema: String,
 }
 
@@ -264,7 +265,7 @@ impl PostgresStore {
             options.copy_threshold,
         )
         .await?;
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(writer.run(rx));
 
         let manager = Manager::from_config(
@@ -307,20 +308,11 @@ impl PostgresStore {
         self.inner.shared.poisoned.load(Ordering::Acquire)
     }
 
-    async fn send<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request,
-    ) -> Result<T, StoreError> {
-        if self.is_poisoned() {
-            return Err(StoreError::Poisoned);
+    fn submit(&self) -> Submit<'_> {
+        Submit {
+            tx: Some(&self.inner.tx),
+            poisoned: &self.inner.shared.poisoned,
         }
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .tx
-            .send(make(reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -335,11 +327,7 @@ impl RegionStore for PostgresStore {
     }
 
     async fn write(&self, batch: Vec<Mutation>) -> Result<Vec<Version>, StoreError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.send(|reply| Request::Grouped(Grouped::Write { batch, reply }))
-            .await
+        self.submit().write(batch).await
     }
 
     async fn get(&self, address: &RecordAddress) -> Result<Option<Record>, StoreError> {
@@ -356,11 +344,7 @@ impl RegionStore for PostgresStore {
     }
 
     async fn import(&self, records: Vec<VersionedRecord>) -> Result<ImportOutcome, StoreError> {
-        if records.is_empty() {
-            return Ok(ImportOutcome::default());
-        }
-        self.send(|reply| Request::Grouped(Grouped::Import { records, reply }))
-            .await
+        self.submit().import(records).await
     }
 
     async fn snapshot(&self, scope: &Scope) -> Result<SnapshotScan, StoreError> {
@@ -392,12 +376,11 @@ impl RegionStore for PostgresStore {
     }
 
     async fn purge(&self, scope: &Scope) -> Result<u64, StoreError> {
-        let scope = scope.clone();
-        self.send(|reply| Request::Purge { scope, reply }).await
+        self.submit().purge(scope).await
     }
 
     async fn trim_changes(&self, upto: Lsn) -> Result<u64, StoreError> {
-        self.send(|reply| Request::Trim { upto, reply }).await
+        self.submit().trim(upto).await
     }
 
     async fn load_meta(&self, name: &str) -> Result<Option<Bytes>, StoreError> {
@@ -411,8 +394,6 @@ impl RegionStore for PostgresStore {
     }
 
     async fn store_meta(&self, name: &str, value: Bytes) -> Result<(), StoreError> {
-        let name = name.to_string();
-        self.send(|reply| Request::Grouped(Grouped::Meta { name, value, reply }))
-            .await
+        self.submit().store_meta(name, value).await
     }
 }

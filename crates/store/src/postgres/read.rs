@@ -36,6 +36,19 @@ fn lsn_to_sql(lsn: Lsn) -> i64 {
     i64::try_from(lsn.0).unwrap_or(i64::MAX)
 }
 
+/// A read-only repeatable-read transaction: every query in it sees one snapshot.
+async fn snapshot_transaction(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg_error)
+}
+
 /// The key ranges of a scope's buckets, as two parallel arrays (bounds `[lo, hi)`).
 fn scope_bounds(scope: &Scope) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     scope
@@ -74,22 +87,8 @@ impl PostgresStore {
         after: Option<&RecordKey>,
         limit: usize,
     ) -> Result<ListPage, StoreError> {
-        let prefix = keys::collection_prefix(collection);
-        let mut end = prefix.clone();
-        // The prefix ends with the NUL after the collection; 0x01 bounds it from above.
-        if let Some(last) = end.last_mut() {
-            *last = 1;
-        }
-        // Keys never hold NUL, so "after k" is "at or after k + NUL".
-        let start = match after {
-            Some(k) => {
-                let mut s = prefix.clone();
-                s.extend_from_slice(k.as_str().as_bytes());
-                s.push(0);
-                s
-            }
-            None => prefix.clone(),
-        };
+        let prefix_len = keys::collection_prefix(collection).len();
+        let (start, end) = keys::list_range(collection, after);
         let fetch = i64::try_from(limit)
             .unwrap_or(i64::MAX - 1)
             .saturating_add(1);
@@ -107,7 +106,7 @@ impl PostgresStore {
         for row in rows.into_iter().take(limit) {
             let k: Vec<u8> = row.get(0);
             let key = k
-                .get(prefix.len()..)
+                .get(prefix_len..)
                 .and_then(|s| std::str::from_utf8(s).ok())
                 .and_then(|s| RecordKey::new(s).ok())
                 .ok_or_else(|| StoreError::Corrupt("record key".into()))?;
@@ -134,13 +133,7 @@ impl PostgresStore {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let scan = async {
-                let txn = client
-                    .build_transaction()
-                    .isolation_level(IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await
-                    .map_err(pg_error)?;
+                let txn = snapshot_transaction(&mut client).await?;
                 let position = txn
                     .query_one(&sql.log_position, &[])
                     .await
@@ -279,13 +272,7 @@ impl PostgresStore {
             .map(|b| (b.0, BucketDigester::new(b)))
             .collect();
         let mut client = self.client().await?;
-        let txn = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg_error)?;
+        let txn = snapshot_transaction(&mut client).await?;
         let stmt = txn
             .prepare_cached(&self.inner.sql.live_range)
             .await

@@ -13,75 +13,19 @@ use super::schema::{version_from_sql, version_to_sql};
 use super::{Shared, Sql, pg_error};
 use crate::error::StoreError;
 use crate::keys;
-use crate::record::{
-    ChangeOp, ImportOutcome, Lsn, Mutation, MutationOp, Precondition, VersionedRecord,
+use crate::queue::{
+    Grouped, KeyState, Reply, Request, check_mutation, clone_error, gather, now_millis,
 };
+use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, MutationOp, VersionedRecord};
 use bytes::Bytes;
 use domicile_core::{Hlc, Scope, Version};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Statement};
-
-/// How many records one group may carry before it is committed (bounds memory and latency).
-const MAX_GROUP_RECORDS: usize = 16_384;
-
-pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-pub(crate) enum Request {
-    /// Requests that share a group (and its transaction).
-    Grouped(Grouped),
-    /// Purges and trims run alone, between groups.
-    Purge {
-        scope: Scope,
-        reply: Reply<u64>,
-    },
-    Trim {
-        upto: Lsn,
-        reply: Reply<u64>,
-    },
-}
-
-pub(crate) enum Grouped {
-    Write {
-        batch: Vec<Mutation>,
-        reply: Reply<Vec<Version>>,
-    },
-    Import {
-        records: Vec<VersionedRecord>,
-        reply: Reply<ImportOutcome>,
-    },
-    Meta {
-        name: String,
-        value: Bytes,
-        reply: Reply<()>,
-    },
-}
-
-impl Request {
-    fn weight(&self) -> usize {
-        match self {
-            Request::Grouped(Grouped::Write { batch, .. }) => batch.len(),
-            Request::Grouped(Grouped::Import { records, .. }) => records.len(),
-            _ => 1,
-        }
-    }
-}
-
-impl Grouped {
-    fn fail(self, err: StoreError) {
-        // A caller that went away no longer needs its answer.
-        let _ = match self {
-            Grouped::Write { reply, .. } => reply.send(Err(err)).is_ok(),
-            Grouped::Import { reply, .. } => reply.send(Err(err)).is_ok(),
-            Grouped::Meta { reply, .. } => reply.send(Err(err)).is_ok(),
-        };
-    }
-}
 
 /// An answer held back until the group it belongs to is durable.
 enum Pending {
@@ -89,9 +33,6 @@ enum Pending {
     Import(Reply<ImportOutcome>, ImportOutcome),
     Meta(Reply<()>),
 }
-
-/// State of a key as the group sees it: (version, live).
-type KeyState = (Version, bool);
 
 /// What one group will write.
 #[derive(Default)]
@@ -166,12 +107,6 @@ pub(crate) struct Writer {
     copy_threshold: usize,
 }
 
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn lsn_to_sql(lsn: Lsn) -> Result<i64, StoreError> {
     i64::try_from(lsn.0).map_err(|_| StoreError::Engine("LSN out of range".into()))
 }
@@ -220,17 +155,7 @@ impl Writer {
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         while let Some(first) = rx.recv().await {
-            let mut queued = vec![first];
-            let mut weight = queued[0].weight();
-            while weight < MAX_GROUP_RECORDS {
-                match rx.try_recv() {
-                    Ok(r) => {
-                        weight += r.weight();
-                        queued.push(r);
-                    }
-                    Err(_) => break,
-                }
-            }
+            let queued = gather(first, &mut rx);
             self.process(queued).await;
         }
         tracing::debug!("store writer stopped: every handle was dropped");
@@ -434,22 +359,7 @@ impl Writer {
                 Some(s) => Some(*s),
                 None => plan.state(stored, &key),
             };
-            let live = state.filter(|(_, live)| *live).map(|(v, _)| v);
-            let ok = match m.precondition {
-                Precondition::None => true,
-                Precondition::Absent => live.is_none(),
-                Precondition::Exists => live.is_some(),
-                Precondition::Version(v) => live == Some(v),
-            };
-            if !ok {
-                return Err(StoreError::PreconditionFailed {
-                    index,
-                    current: live,
-                });
-            }
-            if matches!(m.op, MutationOp::Delete) && live.is_none() {
-                return Err(StoreError::NotFound { index });
-            }
+            check_mutation(index, &m, state)?;
             // Per-key monotonic even if the wall clock went back or a copy came from the future.
             if let Some((v, _)) = state {
                 self.hlc.observe(v);
@@ -670,12 +580,5 @@ impl Failure {
             Failure::RolledBack(e) => StoreError::Engine(format!("group rolled back: {e}")),
             Failure::Unknown(_) => StoreError::Poisoned,
         }
-    }
-}
-
-fn clone_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Poisoned => StoreError::Poisoned,
-        other => StoreError::Engine(other.to_string()),
     }
 }
