@@ -573,27 +573,19 @@ async fn bad_plans_move_nothing_and_a_rollback_in_the_window_loses_nothing() {
     );
 }
 
-const THERE: &str = r#"
-name = "to-postgres"
-[[phases]]
-name = "shop"
-services = ["ecommerce"]
-markets = ["HK"]
-target = "ap-singapore"
-waves = [10, 100]
-rollback_window = "1s"
-"#;
-
-const BACK: &str = r#"
-name = "back-to-embedded"
-[[phases]]
-name = "shop"
-services = ["ecommerce"]
-markets = ["HK"]
-target = "cn-beijing"
-waves = [10, 100]
-rollback_window = "1s"
-"#;
+/// HK's shop to `target`, in two waves, with a one-second rollback window.
+fn hk_shop_to(target: &str) -> String {
+    format!(
+        "name = \"hk-shop-to-{target}\"\n\
+         [[phases]]\n\
+         name = \"shop\"\n\
+         services = [\"ecommerce\"]\n\
+         markets = [\"HK\"]\n\
+         target = \"{target}\"\n\
+         waves = [10, 100]\n\
+         rollback_window = \"1s\"\n"
+    )
+}
 
 /// One cluster, two engines: cn-beijing on the embedded store, ap-singapore on PostgreSQL (a
 /// throwaway cluster). HK's shop moves there and back under live writes; each move is verified
@@ -625,7 +617,10 @@ async fn a_move_to_a_postgres_region_and_back_under_writes_loses_nothing() {
 
     let (beijing, singapore) = (c.region("cn-beijing"), c.region("ap-singapore"));
     let mut moves = Vec::new();
-    for (plan, from, to) in [(THERE, &beijing, &singapore), (BACK, &singapore, &beijing)] {
+    for (plan, from, to) in [
+        (hk_shop_to("ap-singapore"), &beijing, &singapore),
+        (hk_shop_to("cn-beijing"), &singapore, &beijing),
+    ] {
         let r = c
             .admin(reqwest::Method::POST, "/admin/migrations")
             .body(plan)
