@@ -221,3 +221,66 @@ mod engine {
         assert!(e.to_string().contains("version 99"), "{e}");
     }
 }
+
+/// The writer's connection lost (here: terminated by an administrator) leaves a commit's
+/// outcome unknowable, so the store refuses writes rather than guess; reopening recovers with
+/// everything acknowledged before.
+mod lost_writer {
+    use super::*;
+    use domicile_store::StoreError;
+    use domicile_store_conformance::fixtures::{order, put};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_writer_connection_poisons_the_store_until_reopened() {
+        if !available() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec_for(dir.path(), "d");
+        let store = PostgresStore::open(&spec, PostgresOptions::default())
+            .await
+            .unwrap();
+        let before = order("lost", "before");
+        store.write(vec![put(&before, "kept")]).await.unwrap();
+
+        let (admin, connection) = spec
+            .config()
+            .unwrap()
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        // With a timeout, pg_terminate_backend returns once the backend has exited.
+        let killed = admin
+            .execute(
+                "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE application_name = $1",
+                &[&format!("domicile-writer:{}", store.schema())],
+            )
+            .await
+            .unwrap();
+        assert_eq!(killed, 1, "one writer connection per store");
+
+        // However the loss is noticed, no write is acknowledged after it, and the store stays
+        // refused (poisoned) rather than trying again on its own.
+        let after = order("lost", "after");
+        assert!(store.write(vec![put(&after, "refused")]).await.is_err());
+        assert!(store.is_poisoned());
+        assert!(matches!(
+            store.write(vec![put(&after, "refused")]).await,
+            Err(StoreError::Poisoned)
+        ));
+        drop(store);
+
+        let reopened = PostgresStore::open(&spec, PostgresOptions::default())
+            .await
+            .unwrap();
+        let got = reopened
+            .get(&before)
+            .await
+            .unwrap()
+            .expect("acknowledged write kept");
+        assert_eq!(&got.value[..], b"kept");
+        assert!(reopened.get(&after).await.unwrap().is_none());
+        reopened.write(vec![put(&after, "now")]).await.unwrap();
+    }
+}

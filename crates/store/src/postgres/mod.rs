@@ -198,7 +198,10 @@ impl PostgresStore {
     pub async fn open(spec: &PostgresSpec, options: PostgresOptions) -> Result<Self, StoreError> {
         let config = spec.config()?;
         let schema = spec.schema().to_string();
-        let (mut client, connection) = config.connect(NoTls).await.map_err(pg_error)?;
+        // The writer names itself after its schema, so an operator sees which store it serves.
+        let mut writer_config = config.clone();
+        writer_config.application_name(format!("domicile-writer:{schema}"));
+        let (mut client, connection) = writer_config.connect(NoTls).await.map_err(pg_error)?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "store writer connection ended");

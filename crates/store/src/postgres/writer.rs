@@ -185,6 +185,17 @@ impl Writer {
         }
     }
 
+    /// A read before any write failed: if the session is gone with it, the writer can never
+    /// write again, so the store is poisoned now rather than at the next write.
+    fn lost(&self, e: tokio_postgres::Error) -> StoreError {
+        let alive = answered_and_alive(&e) && !self.client.is_closed();
+        let error = pg_error(e);
+        if !alive {
+            self.poison(&error);
+        }
+        error
+    }
+
     async fn process(&mut self, queued: Vec<Request>) {
         let mut group = Vec::new();
         for request in queued {
@@ -286,7 +297,7 @@ impl Writer {
                 .client
                 .query(&self.statements.states, &[&keys])
                 .await
-                .map_err(pg_error)?,
+                .map_err(|e| self.lost(e))?,
         };
         Ok(rows
             .into_iter()
@@ -317,7 +328,7 @@ impl Writer {
             .client
             .query(&self.statements.states_in_range, &[first, last, &budget])
             .await
-            .map_err(pg_error)?;
+            .map_err(|e| self.lost(e))?;
         Ok((i64::try_from(rows.len()).unwrap_or(i64::MAX) < budget).then_some(rows))
     }
 
@@ -435,14 +446,16 @@ impl Writer {
                 &last_version,
             ];
             // An error the server answered means the statement's transaction rolled back; no
-            // answer (a lost connection) leaves the commit's outcome unknown.
+            // answer, or the session's end, leaves the commit's outcome unknown.
             return match self
                 .client
                 .execute(&self.statements.write_group, &params)
                 .await
             {
                 Ok(_) => Ok(()),
-                Err(e) if e.as_db_error().is_some() => Err(Failure::RolledBack(pg_error(e))),
+                Err(e) if answered_and_alive(&e) && !self.client.is_closed() => {
+                    Err(Failure::RolledBack(pg_error(e)))
+                }
                 Err(e) => Err(Failure::Unknown(pg_error(e))),
             };
         }
@@ -566,6 +579,14 @@ async fn copy_rows(
     }
     writer.finish().await.map_err(pg_error)?;
     Ok(())
+}
+
+/// Whether the server answered with an error that left the session alive (so the statement's
+/// implicit transaction rolled back). A FATAL or PANIC ends the session: whether a commit in
+/// progress happened is then unknown.
+fn answered_and_alive(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|db| !matches!(db.severity(), "FATAL" | "PANIC"))
 }
 
 /// Why a group was not written: rolled back for sure, or lost at `COMMIT` (outcome unknown).
