@@ -143,8 +143,38 @@ async fn a_scope_copied_under_writes_catches_up_and_verifies_equal() {
     assert_eq!(mover.verify().await.unwrap().differing.len(), 1);
 }
 
+/// A test control plane's commit: the range released at its old owner and owned by `owner`
+/// (the source or the target) at the next epoch, which `current` then records.
+async fn hand_over(
+    source: &RegionClient,
+    target: &RegionClient,
+    current: &std::sync::Mutex<(RegionId, domicile_core::Epoch)>,
+    spec: &domicile_migrate::wave::WaveSpec,
+    owner: &RegionId,
+) -> Result<domicile_core::Epoch, String> {
+    let epoch = current.lock().unwrap().1.next();
+    let range = |owner| domicile_wire::api::RangeRequest {
+        service: spec.service.clone(),
+        market: spec.market,
+        buckets: spec.buckets,
+        epoch,
+        owner,
+    };
+    let (from, to) = if *owner == spec.target {
+        (source, target)
+    } else {
+        (target, source)
+    };
+    from.release(&range(Some(owner.clone())))
+        .await
+        .map_err(|e| e.to_string())?;
+    to.own(&range(None)).await.map_err(|e| e.to_string())?;
+    *current.lock().unwrap() = (owner.clone(), epoch);
+    Ok(epoch)
+}
+
 mod waves {
-    use super::node;
+    use super::{hand_over, node};
     use axum::http::StatusCode;
     use domicile_client::region::RegionClient;
     use domicile_core::{BucketCount, Epoch, RegionId};
@@ -172,25 +202,7 @@ mod waves {
             Ok(())
         }
         async fn commit(&self, spec: &WaveSpec, owner: &RegionId) -> Result<Epoch, String> {
-            let epoch = self.owner.lock().unwrap().1.next();
-            let range = |owner| RangeRequest {
-                service: spec.service.clone(),
-                market: spec.market,
-                buckets: spec.buckets,
-                epoch,
-                owner,
-            };
-            let (from, to) = if *owner == spec.target {
-                (&self.source, &self.target)
-            } else {
-                (&self.target, &self.source)
-            };
-            from.release(&range(Some(owner.clone())))
-                .await
-                .map_err(|e| e.to_string())?;
-            to.own(&range(None)).await.map_err(|e| e.to_string())?;
-            *self.owner.lock().unwrap() = (owner.clone(), epoch);
-            Ok(epoch)
+            hand_over(&self.source, &self.target, &self.owner, spec, owner).await
         }
         async fn owner(&self, _: &WaveSpec) -> Result<(RegionId, Epoch), String> {
             Ok(self.owner.lock().unwrap().clone())

@@ -9,14 +9,14 @@
 //! met are printed (`--nocapture`), and the essential ones are asserted, so that a change to
 //! the strategy cannot quietly stop exercising them.
 
-use super::node;
+use super::{hand_over, node};
 use axum::http::StatusCode;
 use domicile_client::region::RegionClient;
 use domicile_core::{BucketCount, Epoch, RegionId};
 use domicile_migrate::Mover;
 use domicile_migrate::throttle::Throttle;
 use domicile_migrate::wave::{self, Control, Interrupt, Step, Wave, WaveError, WaveSpec};
-use domicile_wire::api::{ErrorBody, RangeRequest};
+use domicile_wire::api::ErrorBody;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use std::collections::{BTreeMap, BTreeSet};
@@ -163,24 +163,7 @@ impl Control for Plane {
         if crash == Some(false) {
             return Err(CRASH.into());
         }
-        let epoch = self.owner.lock().unwrap().1.next();
-        let range = |owner| RangeRequest {
-            service: spec.service.clone(),
-            market: spec.market,
-            buckets: spec.buckets,
-            epoch,
-            owner,
-        };
-        let (from, to) = if *owner == spec.target {
-            (&self.source, &self.target)
-        } else {
-            (&self.target, &self.source)
-        };
-        from.release(&range(Some(owner.clone())))
-            .await
-            .map_err(|e| e.to_string())?;
-        to.own(&range(None)).await.map_err(|e| e.to_string())?;
-        *self.owner.lock().unwrap() = (owner.clone(), epoch);
+        let epoch = hand_over(&self.source, &self.target, &self.owner, spec, owner).await?;
         if crash == Some(true) {
             return Err(CRASH.into());
         }
