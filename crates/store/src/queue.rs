@@ -5,7 +5,8 @@
 use crate::error::StoreError;
 use crate::record::{ImportOutcome, Lsn, Mutation, MutationOp, Precondition, VersionedRecord};
 use bytes::Bytes;
-use domicile_core::{Scope, Version};
+use domicile_core::{Hlc, Scope, Version};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
@@ -125,7 +126,51 @@ pub(crate) fn check_mutation(
     Ok(())
 }
 
-pub(crate) fn now_millis() -> u64 {
+/// One mutation of a decided batch: its record key, new version and value (`None`: delete).
+pub(crate) struct Decided {
+    pub key: Vec<u8>,
+    pub version: Version,
+    pub value: Option<Bytes>,
+}
+
+/// Decides a client batch, all or nothing: each mutation is checked against its key's state
+/// (as `stored` reads it, or as an earlier mutation of the batch left it) and gets a new
+/// version from `hlc`, above every version its key has had even if the wall clock went back or
+/// a copy came from the future. Both engines' writers stage exactly what this returns.
+pub(crate) fn decide_batch(
+    batch: Vec<Mutation>,
+    hlc: &mut Hlc,
+    mut stored: impl FnMut(&[u8]) -> Result<Option<KeyState>, StoreError>,
+) -> Result<Vec<Decided>, StoreError> {
+    let mut local: HashMap<Vec<u8>, KeyState> = HashMap::new();
+    let mut decided = Vec::with_capacity(batch.len());
+    let now = now_millis();
+    for (index, m) in batch.into_iter().enumerate() {
+        let key = crate::keys::record_key(&m.address);
+        let state = match local.get(&key) {
+            Some(s) => Some(*s),
+            None => stored(&key)?,
+        };
+        check_mutation(index, &m, state)?;
+        if let Some((v, _)) = state {
+            hlc.observe(v);
+        }
+        let version = hlc.next(now);
+        let value = match m.op {
+            MutationOp::Put(b) => Some(b),
+            MutationOp::Delete => None,
+        };
+        local.insert(key.clone(), (version, value.is_some()));
+        decided.push(Decided {
+            key,
+            version,
+            value,
+        });
+    }
+    Ok(decided)
+}
+
+fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -9,10 +9,8 @@
 use super::Shared;
 use crate::error::StoreError;
 use crate::keys::{self, encode_change, encode_value, lsn_key};
-use crate::queue::{
-    Grouped, KeyState, Reply, Request, check_mutation, clone_error, gather, now_millis,
-};
-use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, MutationOp, VersionedRecord};
+use crate::queue::{Grouped, KeyState, Reply, Request, clone_error, decide_batch, gather};
+use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, VersionedRecord};
 use domicile_core::{Hlc, Scope, Version};
 use fjall::{Database, Keyspace, PersistMode};
 use std::collections::HashMap;
@@ -96,19 +94,6 @@ impl Writer {
         self.commit(group);
     }
 
-    fn state(&self, g: &Group, key: &[u8]) -> Result<Option<KeyState>, StoreError> {
-        if let Some(s) = g.overlay.get(key) {
-            return Ok(Some(*s));
-        }
-        match self.records.get(key)? {
-            Some(v) => {
-                let (version, value) = keys::decode_value(&v)?;
-                Ok(Some((version, value.is_some())))
-            }
-            None => Ok(None),
-        }
-    }
-
     fn log(&self, g: &mut Group, key: Vec<u8>, version: Version, value: Option<&[u8]>) {
         g.lsn = Lsn(g.lsn.0 + 1);
         let op = if value.is_some() {
@@ -155,31 +140,13 @@ impl Writer {
         g: &mut Group,
         batch: Vec<Mutation>,
     ) -> Result<Vec<Version>, StoreError> {
-        let mut local: HashMap<Vec<u8>, (Version, bool)> = HashMap::new();
-        let mut staged = Vec::with_capacity(batch.len());
-        let now = now_millis();
-        for (index, m) in batch.into_iter().enumerate() {
-            let key = keys::record_key(&m.address);
-            let state = match local.get(&key) {
-                Some(s) => Some(*s),
-                None => self.state(g, &key)?,
-            };
-            check_mutation(index, &m, state)?;
-            // Per-key monotonic even if the wall clock went back or a copy came from the future.
-            if let Some((v, _)) = state {
-                self.hlc.observe(v);
-            }
-            let version = self.hlc.next(now);
-            local.insert(key.clone(), (version, matches!(m.op, MutationOp::Put(_))));
-            staged.push((key, version, m.op));
-        }
-        let versions = staged.iter().map(|(_, v, _)| *v).collect();
-        for (key, version, op) in staged {
-            let value = match &op {
-                MutationOp::Put(b) => Some(b.as_ref()),
-                MutationOp::Delete => None,
-            };
-            self.log(g, key, version, value);
+        let (records, overlay) = (&self.records, &g.overlay);
+        let decided = decide_batch(batch, &mut self.hlc, |key| {
+            stored_state(records, overlay, key)
+        })?;
+        let versions = decided.iter().map(|d| d.version).collect();
+        for d in decided {
+            self.log(g, d.key, d.version, d.value.as_deref());
         }
         Ok(versions)
     }
@@ -376,5 +343,23 @@ impl Writer {
         );
         self.commit_batch(batch, self.next_lsn)?;
         Ok(removed)
+    }
+}
+
+/// A key's state as a group sees it: staged earlier in the group, or stored.
+fn stored_state(
+    records: &Keyspace,
+    overlay: &HashMap<Vec<u8>, KeyState>,
+    key: &[u8],
+) -> Result<Option<KeyState>, StoreError> {
+    if let Some(s) = overlay.get(key) {
+        return Ok(Some(*s));
+    }
+    match records.get(key)? {
+        Some(v) => {
+            let (version, value) = keys::decode_value(&v)?;
+            Ok(Some((version, value.is_some())))
+        }
+        None => Ok(None),
     }
 }

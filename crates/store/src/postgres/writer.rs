@@ -13,10 +13,8 @@ use super::schema::{version_from_sql, version_to_sql};
 use super::{Shared, Sql, pg_error};
 use crate::error::StoreError;
 use crate::keys;
-use crate::queue::{
-    Grouped, KeyState, Reply, Request, check_mutation, clone_error, gather, now_millis,
-};
-use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, MutationOp, VersionedRecord};
+use crate::queue::{Grouped, KeyState, Reply, Request, clone_error, decide_batch, gather};
+use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, VersionedRecord};
 use bytes::Bytes;
 use domicile_core::{Hlc, Scope, Version};
 use std::collections::{HashMap, HashSet};
@@ -353,7 +351,7 @@ impl Writer {
         }
     }
 
-    /// Checks a client batch; stages it only if every mutation passes (as the embedded engine).
+    /// Stages a client batch as `queue::decide_batch` decides it (all or nothing).
     fn stage_write(
         &mut self,
         plan: &mut Plan,
@@ -361,31 +359,10 @@ impl Writer {
         lsn: &mut Lsn,
         batch: Vec<Mutation>,
     ) -> Result<Vec<Version>, StoreError> {
-        let mut local: HashMap<Vec<u8>, KeyState> = HashMap::new();
-        let mut staged = Vec::with_capacity(batch.len());
-        let now = now_millis();
-        for (index, m) in batch.into_iter().enumerate() {
-            let key = keys::record_key(&m.address);
-            let state = match local.get(&key) {
-                Some(s) => Some(*s),
-                None => plan.state(stored, &key),
-            };
-            check_mutation(index, &m, state)?;
-            // Per-key monotonic even if the wall clock went back or a copy came from the future.
-            if let Some((v, _)) = state {
-                self.hlc.observe(v);
-            }
-            let version = self.hlc.next(now);
-            local.insert(key.clone(), (version, matches!(m.op, MutationOp::Put(_))));
-            staged.push((key, version, m.op));
-        }
-        let versions = staged.iter().map(|(_, v, _)| *v).collect();
-        for (key, version, op) in staged {
-            let value = match op {
-                MutationOp::Put(b) => Some(b),
-                MutationOp::Delete => None,
-            };
-            plan.log(stored, lsn, key, version, value);
+        let decided = decide_batch(batch, &mut self.hlc, |key| Ok(plan.state(stored, key)))?;
+        let versions = decided.iter().map(|d| d.version).collect();
+        for d in decided {
+            plan.log(stored, lsn, d.key, d.version, d.value);
         }
         Ok(versions)
     }
