@@ -66,21 +66,45 @@ pub fn collection_prefix(c: &CollectionAddress) -> Vec<u8> {
     k
 }
 
-/// The key range `[start, end)` of a collection's records strictly after `after`. Keys never
-/// hold NUL, so "after k" is "at or after k + NUL"; the prefix ends with the NUL after the
-/// collection, and 0x01 in its place bounds the collection from above.
-pub fn list_range(c: &CollectionAddress, after: Option<&RecordKey>) -> (Vec<u8>, Vec<u8>) {
-    let prefix = collection_prefix(c);
-    let mut end = prefix.clone();
-    if let Some(last) = end.last_mut() {
-        *last = 1;
+/// The stored keys of one collection's records after a given key: what `list` reads.
+pub struct ListRange {
+    /// First key to read (inclusive).
+    pub start: Vec<u8>,
+    /// Past the collection (exclusive).
+    pub end: Vec<u8>,
+    prefix_len: usize,
+}
+
+impl ListRange {
+    /// Keys never hold NUL, so "after k" is "at or after k + NUL"; the prefix ends with the NUL
+    /// after the collection, and 0x01 in its place bounds the collection from above.
+    pub fn new(c: &CollectionAddress, after: Option<&RecordKey>) -> Self {
+        let prefix = collection_prefix(c);
+        let prefix_len = prefix.len();
+        let mut end = prefix.clone();
+        if let Some(last) = end.last_mut() {
+            *last = 1;
+        }
+        let mut start = prefix;
+        if let Some(k) = after {
+            start.extend_from_slice(k.as_str().as_bytes());
+            start.push(0);
+        }
+        Self {
+            start,
+            end,
+            prefix_len,
+        }
     }
-    let mut start = prefix;
-    if let Some(k) = after {
-        start.extend_from_slice(k.as_str().as_bytes());
-        start.push(0);
+
+    /// The record key of a stored key from this range.
+    pub fn record_key_of(&self, stored: &[u8]) -> Result<RecordKey, StoreError> {
+        stored
+            .get(self.prefix_len..)
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .and_then(|s| RecordKey::new(s).ok())
+            .ok_or_else(|| corrupt("record key"))
     }
-    (start, end)
 }
 
 pub fn record_key(a: &RecordAddress) -> Vec<u8> {

@@ -42,11 +42,14 @@ impl EmbeddedStore {
         after: Option<&RecordKey>,
         limit: usize,
     ) -> Result<ListPage, StoreError> {
-        let prefix_len = keys::collection_prefix(collection).len();
-        let (start, end) = keys::list_range(collection, after);
+        let range = keys::ListRange::new(collection, after);
         let mut items = Vec::new();
         let mut more = false;
-        for guard in self.inner.records.range::<Vec<u8>, _>(start..end) {
+        for guard in self
+            .inner
+            .records
+            .range::<&[u8], _>(range.start.as_slice()..range.end.as_slice())
+        {
             let (k, v) = guard.into_inner()?;
             let (version, value) = keys::decode_value(&v)?;
             let Some(value) = value else { continue };
@@ -54,10 +57,7 @@ impl EmbeddedStore {
                 more = true;
                 break;
             }
-            let key = std::str::from_utf8(&k[prefix_len..])
-                .ok()
-                .and_then(|s| RecordKey::new(s).ok())
-                .ok_or_else(|| StoreError::Corrupt("record key".into()))?;
+            let key = range.record_key_of(&k)?;
             items.push(ListedRecord {
                 key,
                 version,

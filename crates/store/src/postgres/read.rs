@@ -87,8 +87,7 @@ impl PostgresStore {
         after: Option<&RecordKey>,
         limit: usize,
     ) -> Result<ListPage, StoreError> {
-        let prefix_len = keys::collection_prefix(collection).len();
-        let (start, end) = keys::list_range(collection, after);
+        let range = keys::ListRange::new(collection, after);
         let fetch = i64::try_from(limit)
             .unwrap_or(i64::MAX - 1)
             .saturating_add(1);
@@ -98,18 +97,13 @@ impl PostgresStore {
             .await
             .map_err(pg_error)?;
         let rows = client
-            .query(&stmt, &[&start, &end, &fetch])
+            .query(&stmt, &[&range.start, &range.end, &fetch])
             .await
             .map_err(pg_error)?;
         let more = rows.len() > limit;
         let mut items = Vec::with_capacity(rows.len().min(limit));
         for row in rows.into_iter().take(limit) {
-            let k: Vec<u8> = row.get(0);
-            let key = k
-                .get(prefix_len..)
-                .and_then(|s| std::str::from_utf8(s).ok())
-                .and_then(|s| RecordKey::new(s).ok())
-                .ok_or_else(|| StoreError::Corrupt("record key".into()))?;
+            let key = range.record_key_of(row.get::<_, &[u8]>(0))?;
             items.push(ListedRecord {
                 key,
                 version: version_from_sql(row.get(1)),
