@@ -56,7 +56,7 @@ struct Cluster {
     http: reqwest::Client,
 }
 
-fn start_region(config: &Path, region: &str, control: &str) -> Process {
+pub(crate) fn start_region(config: &Path, region: &str, control: &str) -> Process {
     spawn(&[
         "region",
         "--config",
@@ -70,9 +70,21 @@ fn start_region(config: &Path, region: &str, control: &str) -> Process {
     ])
 }
 
-/// Tells the control plane where a region listens (ports are picked by the OS).
-async fn register(http: &reqwest::Client, control: &str, admin: &str, id: &str, p: &Process) {
-    let jurisdiction = if id == "cn-beijing" { "CN" } else { "US" };
+/// Tells the control plane where a region listens (ports are picked by the OS), with the
+/// region's jurisdiction as the reference scenario declares it.
+pub(crate) async fn register(
+    http: &reqwest::Client,
+    control: &str,
+    admin: &str,
+    id: &str,
+    p: &Process,
+) {
+    let jurisdiction = domicile_core::reference::cluster_config()
+        .regions
+        .iter()
+        .find(|r| r.id.as_str() == id)
+        .map(|r| r.jurisdiction.to_string())
+        .unwrap_or_else(|| panic!("{id} is not a reference region"));
     let r = http
         .put(format!("{control}/admin/regions/{id}"))
         .bearer_auth(admin)
@@ -81,6 +93,20 @@ async fn register(http: &reqwest::Client, control: &str, admin: &str, id: &str, 
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK, "{:?}", r.text().await);
+}
+
+/// A gateway following `control`, its signing key kept in `dir`.
+pub(crate) fn start_gateway(dir: &Path, control: &str) -> Process {
+    let key = dir.join("gateway.key").display().to_string();
+    spawn(&[
+        "gateway",
+        "--control",
+        control,
+        "--listen",
+        "127.0.0.1:0",
+        "--key-file",
+        &key,
+    ])
 }
 
 impl Cluster {
@@ -111,16 +137,7 @@ impl Cluster {
         for (id, p) in &regions {
             register(&http, &control_url, &admin, id, p).await;
         }
-        let key = dir.path().join("gateway.key").display().to_string();
-        let gateway = spawn(&[
-            "gateway",
-            "--control",
-            &control_url,
-            "--listen",
-            "127.0.0.1:0",
-            "--key-file",
-            &key,
-        ]);
+        let gateway = start_gateway(dir.path(), &control_url);
         Cluster {
             _dir: dir,
             config,
