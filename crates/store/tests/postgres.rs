@@ -43,6 +43,18 @@ fn spec_for(dir: &Path, options_tag: &str) -> PostgresSpec {
     PostgresSpec::parse(&spec).expect("a valid spec")
 }
 
+/// A plain connection to `spec`'s database, for what a test does behind the store's back.
+async fn admin_client(spec: &PostgresSpec) -> tokio_postgres::Client {
+    let (client, connection) = spec
+        .config()
+        .unwrap()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 fn open_with(
     dir: &Path,
     tag: &str,
@@ -197,13 +209,7 @@ mod engine {
         let store = PostgresStore::open(&spec, PostgresOptions::default())
             .await
             .unwrap();
-        let (client, connection) = spec
-            .config()
-            .unwrap()
-            .connect(tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
+        let client = admin_client(&spec).await;
         client
             .execute(
                 &format!(
@@ -243,13 +249,7 @@ mod lost_writer {
         let before = order("lost", "before");
         store.write(vec![put(&before, "kept")]).await.unwrap();
 
-        let (admin, connection) = spec
-            .config()
-            .unwrap()
-            .connect(tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
+        let admin = admin_client(&spec).await;
         // With a timeout, pg_terminate_backend returns once the backend has exited.
         let killed = admin
             .execute(
