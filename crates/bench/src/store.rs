@@ -74,20 +74,47 @@ pub(crate) struct Measured {
     pub durable: f64,
     pub raw_durable: f64,
     pub commits: f64,
-    pub import: f64,
     pub raw_import: f64,
+    pub imported: Imported,
+}
+
+/// What the store did with the imported records: import, scan and point-read rates.
+pub(crate) struct Imported {
+    pub import: f64,
     pub scan: f64,
     pub reads: f64,
     /// Peak RSS of the import phase, where the peak could be reset before it.
     pub import_peak: Option<f64>,
+    /// Peak RSS of the run before the import phase.
     pub whole_run_so_far: f64,
+}
+
+/// Imports `o.records` records into a fresh `store`, then scans and point-reads them.
+pub(crate) async fn import_scan_read(
+    store: Arc<dyn RegionStore>,
+    order: &Arc<ImportOrder>,
+    o: &StoreBenchOptions,
+) -> Result<Imported, BenchError> {
+    let whole_run_so_far = peak_rss_mib().unwrap_or(0.0);
+    let phase_peak = reset_peak_rss();
+    let import = store_import(store.as_ref(), order, o).await?;
+    let import_peak = peak_rss_mib().unwrap_or(0.0);
+    let scan = scan(store.as_ref(), o.records).await?;
+    let reads = point_reads(store, order.clone(), o.records).await?;
+    Ok(Imported {
+        import,
+        scan,
+        reads,
+        import_peak: phase_peak.then_some(import_peak),
+        whole_run_so_far,
+    })
 }
 
 impl StoreBenchReport {
     pub(crate) fn new(engine: &str, o: &StoreBenchOptions, m: Measured) -> Self {
         let round = |x: f64| (x * 10.0).round() / 10.0;
         let ratio = |a: f64, b: f64| (a / b * 100.0).round() / 100.0;
-        let now = peak_rss_mib().unwrap_or(0.0);
+        let (i, now) = (&m.imported, peak_rss_mib().unwrap_or(0.0));
         Self {
             engine: engine.into(),
             records: o.records,
@@ -97,13 +124,13 @@ impl StoreBenchReport {
             raw_durable_writes_per_s: round(m.raw_durable),
             durable_vs_raw: ratio(m.durable, m.raw_durable),
             commits_per_s: round(m.commits),
-            import_records_per_s: round(m.import),
+            import_records_per_s: round(i.import),
             raw_import_records_per_s: round(m.raw_import),
-            import_vs_raw: ratio(m.import, m.raw_import),
-            scan_records_per_s: round(m.scan),
-            point_reads_per_s: round(m.reads),
-            peak_rss_mib: round(m.import_peak.unwrap_or(now)),
-            peak_rss_mib_whole_run: round(m.whole_run_so_far.max(now)),
+            import_vs_raw: ratio(i.import, m.raw_import),
+            scan_records_per_s: round(i.scan),
+            point_reads_per_s: round(i.reads),
+            peak_rss_mib: round(i.import_peak.unwrap_or(now)),
+            peak_rss_mib_whole_run: round(i.whole_run_so_far.max(now)),
             machine: Machine::current(),
         }
     }
@@ -341,7 +368,7 @@ fn raw_durable_writes(engine: Arc<RawEngine>, o: &StoreBenchOptions) -> Result<f
     Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
-pub(crate) async fn store_import(
+async fn store_import(
     store: &dyn RegionStore,
     order: &ImportOrder,
     o: &StoreBenchOptions,
@@ -389,7 +416,7 @@ fn raw_import(
     Ok(o.records as f64 / elapsed.as_secs_f64())
 }
 
-pub(crate) async fn scan(store: &dyn RegionStore, expected: u64) -> Result<f64, BenchError> {
+async fn scan(store: &dyn RegionStore, expected: u64) -> Result<f64, BenchError> {
     let scope = Scope {
         service: service(),
         market: market(),
@@ -409,7 +436,7 @@ pub(crate) async fn scan(store: &dyn RegionStore, expected: u64) -> Result<f64, 
 }
 
 /// Random gets of imported records (any of the first `records` in stream order) from two tasks.
-pub(crate) async fn point_reads(
+async fn point_reads(
     store: Arc<dyn RegionStore>,
     order: Arc<ImportOrder>,
     records: u64,
@@ -461,12 +488,7 @@ pub async fn run_store_bench(options: StoreBenchOptions) -> Result<StoreBenchRep
     let store_dir = fresh_dir(&o.dir, "region-store-import")?;
     let store = EmbeddedStore::open(&store_dir, EmbeddedOptions::default())?;
     let order = Arc::new(ImportOrder::new(o.records));
-    let whole_run_so_far = peak_rss_mib().unwrap_or(0.0);
-    let phase_peak = reset_peak_rss();
-    let import = store_import(&store, &order, o).await?;
-    let import_peak = peak_rss_mib().unwrap_or(0.0);
-    let scan = scan(&store, o.records).await?;
-    let reads = point_reads(Arc::new(store), order.clone(), o.records).await?;
+    let imported = import_scan_read(Arc::new(store), &order, o).await?;
     let raw_dir = fresh_dir(&o.dir, "bare-engine-import")?;
     let raw_import = {
         let engine = RawEngine::open(&raw_dir)?;
@@ -491,12 +513,8 @@ pub async fn run_store_bench(options: StoreBenchOptions) -> Result<StoreBenchRep
             durable,
             raw_durable,
             commits,
-            import,
             raw_import,
-            scan,
-            reads,
-            import_peak: phase_peak.then_some(import_peak),
-            whole_run_so_far,
+            imported,
         },
     ))
 }

@@ -12,10 +12,9 @@
 //! The benchmark owns three schemas (`domicile_bench_*`), dropped before and after. Without a
 //! URL it starts a throwaway cluster (fsync on). RSS is this process's (PostgreSQL's is its own).
 
-use crate::machine::{peak_rss_mib, reset_peak_rss};
 use crate::store::{
     BenchError, IMPORT_BATCH, ImportOrder, Measured, StoreBenchOptions, StoreBenchReport, bar,
-    point_reads, random_value, scan, store_durable_writes, store_import,
+    import_scan_read, random_value, store_durable_writes,
 };
 use domicile_pg_cluster::PgCluster;
 use domicile_store::{PostgresOptions, PostgresSpec, PostgresStore};
@@ -96,12 +95,7 @@ pub async fn run_postgres_store_bench(
     let store =
         PostgresStore::open(&spec.with_schema(SCHEMAS[1])?, PostgresOptions::default()).await?;
     let order = Arc::new(ImportOrder::new(o.records));
-    let whole_run_so_far = peak_rss_mib().unwrap_or(0.0);
-    let phase_peak = reset_peak_rss();
-    let import = store_import(&store, &order, o).await?;
-    let import_peak = peak_rss_mib().unwrap_or(0.0);
-    let scan = scan(&store, o.records).await?;
-    let reads = point_reads(Arc::new(store), order.clone(), o.records).await?;
+    let imported = import_scan_read(Arc::new(store), &order, o).await?;
     let raw_import = raw_import(&admin, &order, o).await?;
     drop_schemas(&admin).await?;
 
@@ -112,12 +106,8 @@ pub async fn run_postgres_store_bench(
             durable,
             raw_durable,
             commits,
-            import,
             raw_import,
-            scan,
-            reads,
-            import_peak: phase_peak.then_some(import_peak),
-            whole_run_so_far,
+            imported,
         },
     ))
 }
