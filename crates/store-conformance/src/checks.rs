@@ -625,3 +625,48 @@ pub async fn meta_round_trips(open: Open) {
         Some(Bytes::from("v2"))
     );
 }
+
+pub async fn meta_lists_by_prefix_and_deletes(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).await;
+        for name in ["dek/b", "dek/a", "dek/c", "dekx", "other"] {
+            store
+                .store_meta(name, Bytes::from(format!("value of {name}")))
+                .await
+                .unwrap();
+        }
+        let names = |page: Vec<(String, Bytes)>| -> Vec<String> {
+            page.into_iter().map(|(n, _)| n).collect()
+        };
+        let all = store.list_meta("dek/", None, 10).await.unwrap();
+        assert_eq!(all[0].1, Bytes::from("value of dek/a"));
+        assert_eq!(names(all), ["dek/a", "dek/b", "dek/c"]);
+        let first = store.list_meta("dek/", None, 2).await.unwrap();
+        assert_eq!(names(first), ["dek/a", "dek/b"]);
+        let rest = store.list_meta("dek/", Some("dek/b"), 2).await.unwrap();
+        assert_eq!(names(rest), ["dek/c"]);
+        store.delete_meta("dek/b").await.unwrap();
+        store.delete_meta("never-stored").await.unwrap();
+        store.scrub_meta().await.unwrap();
+        assert_eq!(store.load_meta("dek/b").await.unwrap(), None);
+    }
+    let store = open(dir.path()).await;
+    assert_eq!(
+        store.load_meta("dek/b").await.unwrap(),
+        None,
+        "a delete is durable"
+    );
+    let left: Vec<String> = store
+        .list_meta("dek/", None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(left, ["dek/a", "dek/c"]);
+    assert_eq!(
+        store.load_meta("other").await.unwrap(),
+        Some(Bytes::from("value of other"))
+    );
+}

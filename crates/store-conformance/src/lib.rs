@@ -60,6 +60,7 @@ macro_rules! suite {
             check!(writes_survive_a_reopen);
             check!(trimmed_change_log_keeps_its_lsns);
             check!(meta_round_trips);
+            check!(meta_lists_by_prefix_and_deletes);
 
             #[test]
             fn model_based_random_operations() {

@@ -42,9 +42,10 @@ pub(crate) enum Grouped {
         records: Vec<VersionedRecord>,
         reply: Reply<ImportOutcome>,
     },
+    /// Stores (`Some`) or deletes (`None`) a metadata value.
     Meta {
         name: String,
-        value: Bytes,
+        value: Option<Bytes>,
         reply: Reply<()>,
     },
 }
@@ -217,7 +218,7 @@ impl Submit<'_> {
             .await
     }
 
-    pub async fn store_meta(&self, name: &str, value: Bytes) -> Result<(), StoreError> {
+    pub async fn store_meta(&self, name: &str, value: Option<Bytes>) -> Result<(), StoreError> {
         let name = name.to_string();
         self.send(|reply| Request::Grouped(Grouped::Meta { name, value, reply }))
             .await

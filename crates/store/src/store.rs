@@ -81,4 +81,20 @@ pub trait RegionStore: Send + Sync + 'static {
 
     /// Durably stores a small named metadata value.
     async fn store_meta(&self, name: &str, value: Bytes) -> Result<(), StoreError>;
+
+    /// Durably deletes a metadata value (a missing one is not an error).
+    async fn delete_meta(&self, name: &str) -> Result<(), StoreError>;
+
+    /// Metadata values whose names start with `prefix`, in name order, strictly after `after`,
+    /// at most `limit`.
+    async fn list_meta(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Bytes)>, StoreError>;
+
+    /// Rewrites the metadata so that deleted values leave the engine's files as far as the
+    /// engine can make them (crypto-shredding deletes wrapped data keys, then calls this).
+    async fn scrub_meta(&self) -> Result<(), StoreError>;
 }

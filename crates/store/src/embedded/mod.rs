@@ -266,6 +266,39 @@ impl RegionStore for EmbeddedStore {
     }
 
     async fn store_meta(&self, name: &str, value: Bytes) -> Result<(), StoreError> {
-        self.submit().store_meta(name, value).await
+        self.submit().store_meta(name, Some(value)).await
+    }
+
+    async fn delete_meta(&self, name: &str) -> Result<(), StoreError> {
+        self.submit().store_meta(name, None).await
+    }
+
+    async fn list_meta(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Bytes)>, StoreError> {
+        let meta = self.inner.meta.clone();
+        let prefix = prefix.to_string();
+        let after = after.map(str::to_string);
+        tokio::task::spawn_blocking(move || {
+            read::meta_page(&meta, &prefix, after.as_deref(), limit)
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("metadata listing stopped: {e}")))?
+    }
+
+    async fn scrub_meta(&self) -> Result<(), StoreError> {
+        // Flush the memtable to a table, then merge every table into one: a deleted value's
+        // bytes survive only until the compaction drops the tables that held them.
+        let meta = self.inner.meta.clone();
+        tokio::task::spawn_blocking(move || {
+            meta.rotate_memtable_and_wait()?;
+            meta.major_compact()
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("metadata scrub stopped: {e}")))?
+        .map_err(StoreError::from)
     }
 }

@@ -230,3 +230,26 @@ impl EmbeddedStore {
             .collect())
     }
 }
+
+/// One page of metadata values under `prefix`, strictly after `after`.
+pub(super) fn meta_page(
+    meta: &fjall::Keyspace,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<(String, Bytes)>, StoreError> {
+    let mut out = Vec::new();
+    for guard in meta.prefix(prefix.as_bytes()) {
+        if out.len() == limit {
+            break;
+        }
+        let (k, v) = guard.into_inner()?;
+        if after.is_some_and(|a| k.as_ref() <= a.as_bytes()) {
+            continue;
+        }
+        let name = String::from_utf8(k.to_vec())
+            .map_err(|_| StoreError::Corrupt("a metadata name is not UTF-8".into()))?;
+        out.push((name, Bytes::copy_from_slice(&v)));
+    }
+    Ok(out)
+}

@@ -127,8 +127,12 @@ impl Writer {
                 Pending::Import(reply, outcome)
             }
             Grouped::Meta { name, value, reply } => {
-                g.batch
-                    .insert(&self.meta, name.into_bytes(), value.to_vec());
+                match value {
+                    Some(value) => g
+                        .batch
+                        .insert(&self.meta, name.into_bytes(), value.to_vec()),
+                    None => g.batch.remove(&self.meta, name.into_bytes()),
+                }
                 Pending::Meta(reply)
             }
         }

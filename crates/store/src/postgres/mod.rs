@@ -103,6 +103,9 @@ pub(crate) struct Sql {
     pub copy_records: String,
     pub write_group: String,
     pub store_meta: String,
+    pub delete_meta: String,
+    pub list_meta: String,
+    pub vacuum_meta: String,
     pub set_position: String,
     pub purge_range: String,
     pub trim: String,
@@ -170,6 +173,12 @@ impl Sql {
                 "INSERT INTO {s}.meta (name, value) VALUES ($1, $2) \
                  ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
             ),
+            delete_meta: format!("DELETE FROM {s}.meta WHERE name = $1"),
+            list_meta: format!(
+                "SELECT name, value FROM {s}.meta \
+                 WHERE name >= $1 AND starts_with(name, $2) ORDER BY name LIMIT $3"
+            ),
+            vacuum_meta: format!("VACUUM {s}.meta"),
             set_position: format!("UPDATE {s}.log_position SET last_lsn = $1, last_version = $2"),
             purge_range: format!("DELETE FROM {s}.records WHERE key >= $1 AND key < $2"),
             trim: format!("DELETE FROM {s}.changes WHERE lsn <= $1"),
@@ -397,6 +406,46 @@ impl RegionStore for PostgresStore {
     }
 
     async fn store_meta(&self, name: &str, value: Bytes) -> Result<(), StoreError> {
-        self.submit().store_meta(name, value).await
+        self.submit().store_meta(name, Some(value)).await
+    }
+
+    async fn delete_meta(&self, name: &str) -> Result<(), StoreError> {
+        self.submit().store_meta(name, None).await
+    }
+
+    async fn list_meta(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Bytes)>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&self.inner.sql.list_meta)
+            .await
+            .map_err(pg_error)?;
+        let from = after.unwrap_or(prefix);
+        // `>=` so one statement serves both cases; `after` itself is dropped below.
+        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let rows = client
+            .query(&stmt, &[&from, &prefix, &fetch])
+            .await
+            .map_err(pg_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get::<_, String>(0), Bytes::from(r.get::<_, Vec<u8>>(1))))
+            .filter(|(name, _)| Some(name.as_str()) != after)
+            .take(limit)
+            .collect())
+    }
+
+    async fn scrub_meta(&self) -> Result<(), StoreError> {
+        // VACUUM frees deleted rows' space for reuse; the write-ahead log keeps them until it is
+        // recycled (decision 0007).
+        let client = self.client().await?;
+        client
+            .batch_execute(&self.inner.sql.vacuum_meta)
+            .await
+            .map_err(pg_error)
     }
 }

@@ -40,7 +40,7 @@ struct Plan {
     row_of: HashMap<Vec<u8>, usize>,
     /// One change-log entry per mutation: (lsn, op, version, key index into `rows`).
     changes: Vec<(Lsn, ChangeOp, Version, usize)>,
-    meta: Vec<(String, Bytes)>,
+    meta: Vec<(String, Option<Bytes>)>,
     /// Whether some written key already has a stored row (else rows can be `COPY`d straight
     /// into the table: nothing to conflict with, as this is the only writer).
     overwrites: bool,
@@ -90,6 +90,7 @@ struct Statements {
     upsert_staged: Statement,
     write_group: Statement,
     store_meta: Statement,
+    delete_meta: Statement,
     set_position: Statement,
     purge_range: Statement,
     trim: Statement,
@@ -136,6 +137,7 @@ impl Writer {
             upsert_staged: prepare(&sql.upsert_staged).await?,
             write_group: prepare(&sql.write_group).await?,
             store_meta: prepare(&sql.store_meta).await?,
+            delete_meta: prepare(&sql.delete_meta).await?,
             set_position: prepare(&sql.set_position).await?,
             purge_range: prepare(&sql.purge_range).await?,
             trim: prepare(&sql.trim).await?,
@@ -457,9 +459,15 @@ impl Writer {
                     .map_err(pg_error)?;
             }
             for (name, value) in &plan.meta {
-                tx.execute(&self.statements.store_meta, &[name, &value.as_ref()])
-                    .await
-                    .map_err(pg_error)?;
+                match value {
+                    Some(value) => {
+                        let value: &[u8] = value.as_ref();
+                        tx.execute(&self.statements.store_meta, &[name, &value])
+                            .await
+                    }
+                    None => tx.execute(&self.statements.delete_meta, &[name]).await,
+                }
+                .map_err(pg_error)?;
             }
             Ok(())
         }
