@@ -25,6 +25,8 @@
 //!   incomplete multipart upload or an object under `tmp/`; neither is ever read as a blob, and a
 //!   bucket lifecycle rule (abort incomplete multipart uploads, expire `tmp/`) removes them.
 
+use crate::encryption::{BlobOpener, BlobSealer, DataKeys, EncryptionError};
+use crate::error::StoreError;
 use crate::record::CollectionAddress;
 use bytes::Bytes;
 use domicile_core::Scope;
@@ -57,6 +59,26 @@ pub enum BlobError {
          s3://BUCKET[/PREFIX][?endpoint=URL&region=R&allow_http=true]"
     )]
     Spec(String),
+    /// The blob's data key or sealed bytes failed (never the caller's fault).
+    #[error("blob encryption: {0}")]
+    Sealing(String),
+}
+
+impl BlobError {
+    fn from_sealing(e: EncryptionError) -> Self {
+        match e {
+            // A destroyed key means the blob was erased: nothing of it can be read.
+            EncryptionError::KeyDestroyed(_) => BlobError::NotFound,
+            other => BlobError::Sealing(other.to_string()),
+        }
+    }
+
+    fn from_store(e: StoreError) -> Self {
+        match e {
+            StoreError::Encryption(e) => Self::from_sealing(e),
+            other => BlobError::Sealing(other.to_string()),
+        }
+    }
 }
 
 impl From<object_store::Error> for BlobError {
@@ -79,9 +101,20 @@ pub struct BlobRef {
 }
 
 /// A region's blob store.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
+    /// Set: every blob is sealed under its owner's data key (`encryption::sealed_blobs`).
+    keys: Option<Arc<DataKeys>>,
+}
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStore")
+            .field("store", &self.store)
+            .field("sealed", &self.keys.is_some())
+            .finish()
+    }
 }
 
 static UPLOADS: AtomicU64 = AtomicU64::new(0);
@@ -103,6 +136,13 @@ struct Staged {
     upload: WriteMultipart,
 }
 
+/// Bytes on their way to the object store.
+#[derive(Default)]
+struct Outgoing {
+    stored: u64,
+    head: Vec<Bytes>,
+}
+
 /// What a body that was read to its end left to store.
 struct Received {
     hash: String,
@@ -113,7 +153,13 @@ struct Received {
 
 impl BlobStore {
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Self { store }
+        Self { store, keys: None }
+    }
+
+    /// Seals every blob stored from now on (and opens what it reads) with its owner's data key.
+    pub fn with_encryption(mut self, keys: Arc<DataKeys>) -> Self {
+        self.keys = Some(keys);
+        self
     }
 
     /// A blob store in a local folder (created if missing), with fsync on every write.
@@ -191,7 +237,17 @@ impl BlobStore {
         E: std::fmt::Display,
     {
         let mut staged = None;
-        let received = match self.receive(body, limit, &mut staged).await {
+        let sealer = match &self.keys {
+            Some(keys) => Some(
+                BlobSealer::new(
+                    keys.for_write(owner).await.map_err(BlobError::from_store)?,
+                    owner.clone(),
+                )
+                .map_err(BlobError::from_sealing)?,
+            ),
+            None => None,
+        };
+        let received = match self.receive(body, limit, sealer, &mut staged).await {
             Ok(received) => received,
             Err(e) => {
                 if let Some(staged) = staged {
@@ -222,12 +278,14 @@ impl BlobStore {
         })
     }
 
-    /// Reads `body` to its end, hashing and counting it; keeps it in memory while it fits within
+    /// Reads `body` to its end, hashing and counting its plaintext (sealing it on the way when
+    /// `sealer` is given); keeps what it stores in memory while that fits within
     /// [`SINGLE_PUT_BYTES`], then starts `staged` and streams the rest into it.
     async fn receive<S, E>(
         &self,
         body: S,
         limit: u64,
+        mut sealer: Option<BlobSealer>,
         staged: &mut Option<Staged>,
     ) -> Result<Received, BlobError>
     where
@@ -236,7 +294,7 @@ impl BlobStore {
     {
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
-        let mut head = Vec::new();
+        let mut out = Outgoing::default();
         let mut body = std::pin::pin!(body);
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| BlobError::Upload(e.to_string()))?;
@@ -245,29 +303,53 @@ impl BlobStore {
                 return Err(BlobError::TooLarge { limit });
             }
             hasher.update(&chunk);
-            match staged {
-                Some(Staged { upload, .. }) => {
-                    upload.wait_for_capacity(PARTS_IN_FLIGHT).await?;
-                    upload.put(chunk);
-                }
-                None => {
-                    head.push(chunk);
-                    if size > SINGLE_PUT_BYTES {
-                        let tmp = Self::tmp_path();
-                        let mut upload = WriteMultipart::new(self.store.put_multipart(&tmp).await?);
-                        for chunk in head.drain(..) {
-                            upload.put(chunk);
-                        }
-                        *staged = Some(Staged { tmp, upload });
+            match &mut sealer {
+                Some(sealer) => {
+                    for sealed in sealer.push(&chunk).map_err(BlobError::from_sealing)? {
+                        self.emit(&mut out, sealed, staged).await?;
                     }
                 }
+                None => self.emit(&mut out, chunk, staged).await?,
             }
+        }
+        if let Some(sealer) = sealer {
+            let last = sealer.finish().map_err(BlobError::from_sealing)?;
+            self.emit(&mut out, last, staged).await?;
         }
         Ok(Received {
             hash: hasher.finalize().to_hex().to_string(),
             size,
-            head,
+            head: out.head,
         })
+    }
+
+    /// Hands stored bytes on: kept in memory, or into the multipart upload once they outgrow
+    /// one put.
+    async fn emit(
+        &self,
+        out: &mut Outgoing,
+        bytes: Bytes,
+        staged: &mut Option<Staged>,
+    ) -> Result<(), BlobError> {
+        out.stored += bytes.len() as u64;
+        match staged {
+            Some(Staged { upload, .. }) => {
+                upload.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                upload.put(bytes);
+            }
+            None => {
+                out.head.push(bytes);
+                if out.stored > SINGLE_PUT_BYTES {
+                    let tmp = Self::tmp_path();
+                    let mut upload = WriteMultipart::new(self.store.put_multipart(&tmp).await?);
+                    for chunk in out.head.drain(..) {
+                        upload.put(chunk);
+                    }
+                    *staged = Some(Staged { tmp, upload });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Aborts a refused or broken upload so that the store keeps none of it. Parts in flight are
@@ -311,7 +393,15 @@ impl BlobStore {
         hash: &str,
     ) -> Result<BoxStream<'static, Result<Bytes, BlobError>>, BlobError> {
         let result = self.store.get(&Self::path(owner, hash)).await?;
-        Ok(result.into_stream().map_err(BlobError::from).boxed())
+        let sealed = result.into_stream().map_err(BlobError::from);
+        let Some(keys) = &self.keys else {
+            return Ok(sealed.boxed());
+        };
+        let opener = BlobOpener::new(
+            keys.for_read(owner).await.map_err(BlobError::from_store)?,
+            owner.clone(),
+        );
+        Ok(open_stream(sealed.boxed(), opener))
     }
 
     /// Deletes one blob; a missing blob is not an error.
@@ -346,6 +436,39 @@ impl BlobStore {
         }
         Ok(removed)
     }
+}
+
+/// Opens a sealed blob's bytes as they stream out; the last segment is checked at the end, so a
+/// cut-short blob ends in an error, never in silently short content.
+fn open_stream(
+    sealed: BoxStream<'static, Result<Bytes, BlobError>>,
+    opener: BlobOpener,
+) -> BoxStream<'static, Result<Bytes, BlobError>> {
+    futures::stream::try_unfold(Some((sealed, opener)), |state| async move {
+        let Some((mut sealed, mut opener)) = state else {
+            return Ok(None);
+        };
+        loop {
+            match sealed.next().await {
+                Some(chunk) => {
+                    let plain = opener.push(&chunk?).map_err(BlobError::from_sealing)?;
+                    if !plain.is_empty() {
+                        let joined: Bytes = if plain.len() == 1 {
+                            plain.into_iter().next().unwrap_or_default()
+                        } else {
+                            plain.concat().into()
+                        };
+                        return Ok(Some((joined, Some((sealed, opener)))));
+                    }
+                }
+                None => {
+                    let last = opener.finish().map_err(BlobError::from_sealing)?;
+                    return Ok(Some((last, None)));
+                }
+            }
+        }
+    })
+    .boxed()
 }
 
 /// A parsed `s3://BUCKET[/PREFIX][?endpoint=URL&region=R&allow_http=BOOL]` spec.

@@ -28,6 +28,8 @@ pub enum StoreError {
     Spec(String),
     #[error("the store is closed")]
     Closed,
+    #[error(transparent)]
+    Encryption(#[from] crate::encryption::EncryptionError),
 }
 
 impl From<fjall::Error> for StoreError {

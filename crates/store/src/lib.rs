@@ -11,6 +11,7 @@
 pub mod blob;
 pub mod digest;
 pub mod embedded;
+pub mod encryption;
 pub mod error;
 pub(crate) mod keys;
 pub mod postgres;
@@ -22,6 +23,7 @@ pub mod store;
 pub use blob::{BlobError, BlobRef, BlobStore};
 pub use digest::{BucketDigest, BucketDigester};
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use encryption::{DataKeys, EncryptedStore, EncryptionError, KeyProvider, KeyringFile};
 pub use error::StoreError;
 pub use postgres::{PostgresOptions, PostgresSpec, PostgresStore};
 pub use record::{

@@ -21,5 +21,6 @@ mod embedded_conformance {
 
 mod blobs;
 mod blobs_s3;
+mod encryption;
 mod poison;
 mod postgres;

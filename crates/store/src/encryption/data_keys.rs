@@ -1,0 +1,245 @@
+//! Data keys: one random AES-256 key per (service, market, bucket, user) — one user's data in
+//! one service — kept in the store's metadata wrapped by the region's key-encryption key.
+//!
+//! A key is made (and durably stored) before the first value is sealed with it. Unwrapped keys
+//! are cached, bounded; destroying a key deletes it from the metadata, evicts it, and scrubs the
+//! metadata so the wrapped bytes leave the engine's files.
+
+use super::EncryptionError;
+use super::keyring::KeyProvider;
+use super::seal::place;
+use crate::error::StoreError;
+use crate::record::CollectionAddress;
+use crate::store::RegionStore;
+use aws_lc_rs::aead::{AES_256_GCM, RandomizedNonceKey};
+use bytes::Bytes;
+use domicile_core::{Bucket, Market, Scope, ServiceName, UserId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use zeroize::Zeroizing;
+
+const PREFIX: &str = "dek/";
+/// Unwrapped keys kept in memory; beyond this, some are dropped and unwrapped again when needed.
+const CACHE_KEYS: usize = 65_536;
+/// Key creations in flight at once are serialised per shard, so two writers of one user never
+/// make two keys.
+const CREATE_SHARDS: usize = 64;
+/// Metadata names listed per page while destroying a scope's keys.
+const LIST_PAGE: usize = 1024;
+
+/// Whose data a data key seals.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DataKeyId {
+    pub service: ServiceName,
+    pub market: Market,
+    pub bucket: Bucket,
+    pub user: UserId,
+}
+
+impl DataKeyId {
+    pub fn of(c: &CollectionAddress) -> Self {
+        Self {
+            service: c.service.clone(),
+            market: c.market,
+            bucket: c.bucket,
+            user: c.user.clone(),
+        }
+    }
+
+    /// Its metadata name; ordered by service, market, bucket, so a scope's keys are one range.
+    fn name(&self) -> String {
+        format!(
+            "{PREFIX}{}/{}/{:05}/{}",
+            self.service, self.market, self.bucket.0, self.user
+        )
+    }
+}
+
+/// A region's data keys.
+pub struct DataKeys {
+    region: String,
+    provider: Arc<dyn KeyProvider>,
+    store: Arc<dyn RegionStore>,
+    cache: Mutex<HashMap<String, Arc<RandomizedNonceKey>>>,
+    creating: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl DataKeys {
+    /// `store` is the engine itself (not an [`super::EncryptedStore`]): data keys live in its
+    /// metadata.
+    pub fn new(region: &str, provider: Arc<dyn KeyProvider>, store: Arc<dyn RegionStore>) -> Self {
+        Self {
+            region: region.to_string(),
+            provider,
+            store,
+            cache: Mutex::new(HashMap::new()),
+            creating: (0..CREATE_SHARDS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        }
+    }
+
+    pub fn provider(&self) -> &dyn KeyProvider {
+        self.provider.as_ref()
+    }
+
+    /// The wrap context binds a wrapped key to its region and owner.
+    fn context(&self, name: &str) -> Vec<u8> {
+        place(
+            "domicile/data-key/v1",
+            &[self.region.as_bytes(), name.as_bytes()],
+        )
+    }
+
+    fn cached(&self, name: &str) -> Option<Arc<RandomizedNonceKey>> {
+        self.cache.lock().ok()?.get(name).cloned()
+    }
+
+    fn remember(&self, name: String, key: Arc<RandomizedNonceKey>) {
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_KEYS {
+                // Drop an arbitrary eighth: cheap, and a dropped key only costs an unwrap.
+                let drop: Vec<String> = cache.keys().take(CACHE_KEYS / 8).cloned().collect();
+                for k in drop {
+                    cache.remove(&k);
+                }
+            }
+            cache.insert(name, key);
+        }
+    }
+
+    fn shard(&self, name: &str) -> &tokio::sync::Mutex<()> {
+        let h = blake3::hash(name.as_bytes());
+        &self.creating[usize::from(h.as_bytes()[0]) % CREATE_SHARDS]
+    }
+
+    async fn load(&self, name: &str) -> Result<Option<Arc<RandomizedNonceKey>>, StoreError> {
+        let Some(wrapped) = self.store.load_meta(name).await? else {
+            return Ok(None);
+        };
+        let secret = self.provider.unwrap(&wrapped, &self.context(name)).await?;
+        let key = RandomizedNonceKey::new(&AES_256_GCM, &secret)
+            .map_err(|_| EncryptionError::Crypto("AES-256-GCM key"))?;
+        let key = Arc::new(key);
+        self.remember(name.to_string(), key.clone());
+        Ok(Some(key))
+    }
+
+    /// The key to seal `owner`'s data with, made and stored durably if it has none.
+    pub async fn for_write(
+        &self,
+        owner: &CollectionAddress,
+    ) -> Result<Arc<RandomizedNonceKey>, StoreError> {
+        let name = DataKeyId::of(owner).name();
+        if let Some(key) = self.cached(&name) {
+            return Ok(key);
+        }
+        let _one_maker = self.shard(&name).lock().await;
+        if let Some(key) = self.load(&name).await? {
+            return Ok(key);
+        }
+        let mut secret = Zeroizing::new([0u8; 32]);
+        aws_lc_rs::rand::fill(secret.as_mut())
+            .map_err(|_| EncryptionError::Crypto("random data key"))?;
+        let wrapped = self
+            .provider
+            .wrap(secret.as_ref(), &self.context(&name))
+            .await?;
+        self.store.store_meta(&name, Bytes::from(wrapped)).await?;
+        let key = RandomizedNonceKey::new(&AES_256_GCM, secret.as_ref())
+            .map_err(|_| EncryptionError::Crypto("AES-256-GCM key"))?;
+        let key = Arc::new(key);
+        self.remember(name, key.clone());
+        Ok(key)
+    }
+
+    /// The key `owner`'s data was sealed with; an error if it was destroyed (or never made).
+    pub async fn for_read(
+        &self,
+        owner: &CollectionAddress,
+    ) -> Result<Arc<RandomizedNonceKey>, StoreError> {
+        let name = DataKeyId::of(owner).name();
+        if let Some(key) = self.cached(&name) {
+            return Ok(key);
+        }
+        self.load(&name)
+            .await?
+            .ok_or_else(|| EncryptionError::KeyDestroyed(name).into())
+    }
+
+    /// Whether `owner` has a data key here.
+    pub async fn exists(&self, owner: &CollectionAddress) -> Result<bool, StoreError> {
+        let name = DataKeyId::of(owner).name();
+        Ok(self.cached(&name).is_some() || self.store.load_meta(&name).await?.is_some())
+    }
+
+    async fn destroy(&self, name: &str) -> Result<(), StoreError> {
+        let _no_maker = self.shard(name).lock().await;
+        self.store.delete_meta(name).await?;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(name);
+        }
+        Ok(())
+    }
+
+    /// Destroys every data key of `scope` (a completed move's source, a rolled-back target);
+    /// returns how many.
+    pub async fn destroy_scope(&self, scope: &Scope) -> Result<u64, StoreError> {
+        let prefix = format!("{PREFIX}{}/{}/", scope.service, scope.market);
+        let mut after: Option<String> = None;
+        let mut doomed = Vec::new();
+        loop {
+            let page = self
+                .store
+                .list_meta(&prefix, after.as_deref(), LIST_PAGE)
+                .await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (name, _) in page {
+                let bucket = name[prefix.len()..]
+                    .split('/')
+                    .next()
+                    .and_then(|b| b.parse::<u16>().ok());
+                if bucket.is_some_and(|b| scope.buckets.contains(Bucket(b))) {
+                    doomed.push(name);
+                }
+            }
+        }
+        for name in &doomed {
+            self.destroy(name).await?;
+        }
+        if !doomed.is_empty() {
+            self.store.scrub_meta().await?;
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    /// Destroys `user`'s data keys of every service in `services` (an erasure); returns how many
+    /// existed.
+    pub async fn destroy_user(
+        &self,
+        user: &UserId,
+        market: Market,
+        bucket: Bucket,
+        services: &[ServiceName],
+    ) -> Result<u64, StoreError> {
+        let mut destroyed = 0;
+        for service in services {
+            let name = DataKeyId {
+                service: service.clone(),
+                market,
+                bucket,
+                user: user.clone(),
+            }
+            .name();
+            if self.store.load_meta(&name).await?.is_some() {
+                self.destroy(&name).await?;
+                destroyed += 1;
+            }
+        }
+        if destroyed > 0 {
+            self.store.scrub_meta().await?;
+        }
+        Ok(destroyed)
+    }
+}

@@ -1,0 +1,211 @@
+//! [`EncryptedStore`]: any engine, with every value sealed on the way in and opened on the way
+//! out. The change log, keys, versions and LSNs pass through untouched, so replication, imports
+//! and ordering work as on the bare engine; digests are over plaintext, so an encrypted region
+//! and any other agree on the same data whatever their keys.
+
+use super::DataKeys;
+use super::seal::{VALUE_OVERHEAD, open_value, record_place, seal_value};
+use crate::digest::{BucketDigest, BucketDigester};
+use crate::error::StoreError;
+use crate::record::{
+    Change, CollectionAddress, ImportOutcome, ListPage, Lsn, Mutation, MutationOp, Record,
+    RecordAddress, VersionedRecord,
+};
+use crate::store::{RegionStore, SnapshotScan};
+use async_trait::async_trait;
+use bytes::Bytes;
+use domicile_core::{RecordKey, Scope, Version};
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct EncryptedStore {
+    inner: Arc<dyn RegionStore>,
+    keys: Arc<DataKeys>,
+}
+
+impl EncryptedStore {
+    pub fn new(inner: Arc<dyn RegionStore>, keys: Arc<DataKeys>) -> Self {
+        Self { inner, keys }
+    }
+
+    pub fn keys(&self) -> &Arc<DataKeys> {
+        &self.keys
+    }
+
+    async fn seal(&self, address: &RecordAddress, value: &[u8]) -> Result<Bytes, StoreError> {
+        let key = self.keys.for_write(&address.collection).await?;
+        Ok(seal_value(&key, &record_place(address), value)?)
+    }
+}
+
+async fn open(
+    keys: &DataKeys,
+    address: &RecordAddress,
+    sealed: &[u8],
+) -> Result<Bytes, StoreError> {
+    let key = keys.for_read(&address.collection).await?;
+    Ok(open_value(&key, &record_place(address), sealed)?)
+}
+
+async fn open_records(
+    keys: &DataKeys,
+    mut records: Vec<VersionedRecord>,
+) -> Result<Vec<VersionedRecord>, StoreError> {
+    for r in &mut records {
+        if let Some(v) = &r.value {
+            r.value = Some(open(keys, &r.address, v).await?);
+        }
+    }
+    Ok(records)
+}
+
+#[async_trait]
+impl RegionStore for EncryptedStore {
+    fn engine(&self) -> &'static str {
+        self.inner.engine()
+    }
+
+    async fn write(&self, mut batch: Vec<Mutation>) -> Result<Vec<Version>, StoreError> {
+        for m in &mut batch {
+            if let MutationOp::Put(value) = &m.op {
+                m.op = MutationOp::Put(self.seal(&m.address, value).await?);
+            }
+        }
+        self.inner.write(batch).await
+    }
+
+    async fn get(&self, address: &RecordAddress) -> Result<Option<Record>, StoreError> {
+        match self.inner.get(address).await? {
+            Some(r) => Ok(Some(Record {
+                version: r.version,
+                value: open(&self.keys, address, &r.value).await?,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    async fn list(
+        &self,
+        collection: &CollectionAddress,
+        after: Option<&RecordKey>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
+        let mut page = self.inner.list(collection, after, limit).await?;
+        for item in &mut page.items {
+            item.size = item.size.saturating_sub(VALUE_OVERHEAD as u64);
+        }
+        Ok(page)
+    }
+
+    async fn import(&self, mut records: Vec<VersionedRecord>) -> Result<ImportOutcome, StoreError> {
+        for r in &mut records {
+            if let Some(v) = &r.value {
+                r.value = Some(self.seal(&r.address, v).await?);
+            }
+        }
+        self.inner.import(records).await
+    }
+
+    async fn snapshot(&self, scope: &Scope) -> Result<SnapshotScan, StoreError> {
+        let scan = self.inner.snapshot(scope).await?;
+        let keys = self.keys.clone();
+        let chunks = scan
+            .chunks
+            .then(move |chunk| {
+                let keys = keys.clone();
+                async move { open_records(&keys, chunk?).await }
+            })
+            .boxed();
+        Ok(SnapshotScan {
+            lsn: scan.lsn,
+            chunks,
+        })
+    }
+
+    async fn changes(
+        &self,
+        after: Lsn,
+        scope: &Scope,
+        limit: usize,
+    ) -> Result<(Vec<Change>, Lsn), StoreError> {
+        let (mut changes, upto) = self.inner.changes(after, scope, limit).await?;
+        for c in &mut changes {
+            if let Some(VersionedRecord {
+                address,
+                value: Some(v),
+                ..
+            }) = &mut c.current
+            {
+                *v = open(&self.keys, address, v).await?;
+            }
+        }
+        Ok((changes, upto))
+    }
+
+    fn last_lsn(&self) -> Lsn {
+        self.inner.last_lsn()
+    }
+
+    async fn wait_for_changes(&self, after: Lsn, timeout: Duration) -> Lsn {
+        self.inner.wait_for_changes(after, timeout).await
+    }
+
+    /// Over plaintext, from a snapshot: the engine's own digest would hash ciphertext, which
+    /// differs between regions (their own keys, fresh nonces) for the same data.
+    async fn digest(&self, scope: &Scope) -> Result<Vec<BucketDigest>, StoreError> {
+        let mut digesters: BTreeMap<u16, BucketDigester> = scope
+            .buckets
+            .buckets()
+            .map(|b| (b.0, BucketDigester::new(b)))
+            .collect();
+        let mut scan = self.snapshot(scope).await?;
+        while let Some(chunk) = scan.chunks.next().await {
+            for r in chunk? {
+                let (Some(value), Some(d)) = (&r.value, digesters.get_mut(&r.address.bucket().0))
+                else {
+                    continue;
+                };
+                d.add(&r.address, r.version, value);
+            }
+        }
+        Ok(digesters
+            .into_values()
+            .map(BucketDigester::finish)
+            .collect())
+    }
+
+    async fn purge(&self, scope: &Scope) -> Result<u64, StoreError> {
+        self.inner.purge(scope).await
+    }
+
+    async fn trim_changes(&self, upto: Lsn) -> Result<u64, StoreError> {
+        self.inner.trim_changes(upto).await
+    }
+
+    async fn load_meta(&self, name: &str) -> Result<Option<Bytes>, StoreError> {
+        self.inner.load_meta(name).await
+    }
+
+    async fn store_meta(&self, name: &str, value: Bytes) -> Result<(), StoreError> {
+        self.inner.store_meta(name, value).await
+    }
+
+    async fn delete_meta(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.delete_meta(name).await
+    }
+
+    async fn list_meta(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Bytes)>, StoreError> {
+        self.inner.list_meta(prefix, after, limit).await
+    }
+
+    async fn scrub_meta(&self) -> Result<(), StoreError> {
+        self.inner.scrub_meta().await
+    }
+}
