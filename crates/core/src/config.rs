@@ -26,6 +26,19 @@ pub struct RegionConfig {
     pub store: String,
     /// The blob store: `file:PATH` (relative to the config file).
     pub blobs: String,
+    /// The region's keyring (its key-encryption keys; made on first start), relative to the
+    /// config file. Default: `keyrings/<id>.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyring: Option<String>,
+}
+
+impl RegionConfig {
+    /// The keyring file's path relative to the config's base folder.
+    pub fn keyring_path(&self) -> String {
+        self.keyring
+            .clone()
+            .unwrap_or_else(|| format!("keyrings/{}.json", self.id))
+    }
 }
 
 fn default_listen() -> String {

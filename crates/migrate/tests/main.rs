@@ -13,11 +13,12 @@ async fn node(region: &str, dir: &std::path::Path) -> (String, Arc<NodeState>) {
     let cluster = domicile_core::reference::cluster_config();
     let store = EmbeddedStore::open(&dir.join(region), EmbeddedOptions::default()).unwrap();
     let blobs = BlobStore::local(&dir.join(format!("{region}-blobs"))).unwrap();
-    let state = NodeState::new(
+    let state = domicile_region::open_sealed(
         &cluster,
-        RegionId::new(region).unwrap(),
+        &RegionId::new(region).unwrap(),
         Arc::new(store),
         blobs,
+        &dir.join(format!("{region}-keyring.json")),
     )
     .await
     .unwrap();

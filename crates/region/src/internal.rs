@@ -357,10 +357,20 @@ pub async fn purge(
     }
     let records = state.store.purge(&scope).await?;
     let blobs = state.blobs.purge(&scope).await?;
+    // Last, once nothing sealed under them is left to read: a retried purge destroys the rest.
+    let keys_destroyed = match &state.data_keys {
+        Some(keys) => keys.destroy_scope(&scope).await?,
+        None => 0,
+    };
     drop(gate);
     state.metrics.records_purged.inc_by(records);
-    tracing::info!(service = %scope.service, market = %scope.market, buckets = %scope.buckets, records, blobs, "purged");
-    Ok(Json(PurgeResponse { records, blobs }))
+    state.metrics.data_keys_destroyed.inc_by(keys_destroyed);
+    tracing::info!(service = %scope.service, market = %scope.market, buckets = %scope.buckets, records, blobs, keys_destroyed, "purged");
+    Ok(Json(PurgeResponse {
+        records,
+        blobs,
+        keys_destroyed,
+    }))
 }
 
 /// `GET /internal/status`.

@@ -22,7 +22,10 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use domicile_core::{ClusterConfig, RegionId};
 pub use domicile_http::ApiError;
-use domicile_store::{BlobError, BlobStore, StoreError, StoreSpec, open_store};
+use domicile_store::{
+    BlobError, BlobStore, DataKeys, EncryptedStore, KeyringFile, RegionStore, StoreError,
+    StoreSpec, open_store,
+};
 pub use state::NodeState;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,9 +60,39 @@ pub async fn open(
     let config = cluster
         .region(region)
         .ok_or_else(|| NodeError::UnknownRegion(region.clone()))?;
-    let store = open_store(&StoreSpec::parse(&config.store, base)?).await?;
+    let engine = open_store(&StoreSpec::parse(&config.store, base)?).await?;
     let blobs = BlobStore::from_spec(&config.blobs, base)?;
-    Ok(NodeState::new(cluster, region.clone(), store, blobs).await?)
+    open_sealed(
+        cluster,
+        region,
+        engine,
+        blobs,
+        &base.join(config.keyring_path()),
+    )
+    .await
+}
+
+/// A node over `engine` and `blobs`, both encrypted at rest with the region's keyring at
+/// `keyring` (made if missing).
+pub async fn open_sealed(
+    cluster: &ClusterConfig,
+    region: &RegionId,
+    engine: Arc<dyn RegionStore>,
+    blobs: BlobStore,
+    keyring: &Path,
+) -> Result<NodeState, NodeError> {
+    let keyring =
+        KeyringFile::open_or_create(keyring, region.as_str()).map_err(StoreError::from)?;
+    let keys = Arc::new(DataKeys::new(
+        region.as_str(),
+        Arc::new(keyring),
+        engine.clone(),
+    ));
+    let blobs = blobs.with_encryption(keys.clone());
+    let store = Arc::new(EncryptedStore::new(engine, keys.clone()));
+    Ok(NodeState::new(cluster, region.clone(), store, blobs)
+        .await?
+        .with_data_keys(keys))
 }
 
 /// Every route of the node. JSON errors for unknown paths and methods too.

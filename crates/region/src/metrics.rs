@@ -31,6 +31,7 @@ pub struct NodeMetrics {
     pub latency: Family<RouteLabels, Histogram>,
     pub records_imported: Counter,
     pub records_purged: Counter,
+    pub data_keys_destroyed: Counter,
     pub last_lsn: Gauge<u64, AtomicU64>,
 }
 
@@ -43,6 +44,7 @@ impl NodeMetrics {
         });
         let records_imported = Counter::default();
         let records_purged = Counter::default();
+        let data_keys_destroyed = Counter::default();
         let last_lsn = Gauge::<u64, AtomicU64>::default();
         registry.register(
             "http_requests",
@@ -65,6 +67,11 @@ impl NodeMetrics {
             records_purged.clone(),
         );
         registry.register(
+            "data_keys_destroyed",
+            "Data keys destroyed by purges and erasures (crypto-shredding)",
+            data_keys_destroyed.clone(),
+        );
+        registry.register(
             "last_lsn",
             "The last durable change-log LSN",
             last_lsn.clone(),
@@ -75,6 +82,7 @@ impl NodeMetrics {
             latency,
             records_imported,
             records_purged,
+            data_keys_destroyed,
             last_lsn,
         }
     }

@@ -8,7 +8,7 @@ use domicile_core::{
     ServiceName,
 };
 use domicile_http::ApiError;
-use domicile_store::{BlobStore, RegionStore, StoreError};
+use domicile_store::{BlobStore, DataKeys, RegionStore, StoreError};
 use domicile_wire::api::OwnedRange;
 use std::sync::Arc;
 use tokio::sync::RwLock;
@@ -38,6 +38,9 @@ pub struct NodeState {
     /// check before the fence is already in the log — the cutover drain cannot miss one.
     pub ownership: RwLock<OwnershipTable>,
     pub metrics: Arc<NodeMetrics>,
+    /// The region's data keys, when its data is encrypted at rest: purges and erasures destroy
+    /// the keys of what they remove (crypto-shredding).
+    pub data_keys: Option<Arc<DataKeys>>,
 }
 
 impl NodeState {
@@ -66,7 +69,14 @@ impl NodeState {
             blobs,
             ownership: RwLock::new(ownership),
             metrics: Arc::new(NodeMetrics::new()),
+            data_keys: None,
         })
+    }
+
+    /// Destroys the data keys of whatever this node purges or erases from now on.
+    pub fn with_data_keys(mut self, keys: Arc<DataKeys>) -> Self {
+        self.data_keys = Some(keys);
+        self
     }
 
     pub fn policy(&self) -> Arc<Policy> {

@@ -57,11 +57,12 @@ impl Node {
         let store =
             EmbeddedStore::open(&dir.path().join("store"), EmbeddedOptions::default()).unwrap();
         let blobs = BlobStore::local(&dir.path().join("blobs")).unwrap();
-        let state = NodeState::new(
+        let state = domicile_region::open_sealed(
             &cluster,
-            RegionId::new(region).unwrap(),
+            &RegionId::new(region).unwrap(),
             Arc::new(store),
             blobs,
+            &dir.path().join("keyring.json"),
         )
         .await
         .unwrap();

@@ -294,11 +294,12 @@ async fn ownership_survives_a_restart() {
         let store =
             domicile_store::EmbeddedStore::open(&dir.path().join("s"), Default::default()).unwrap();
         let blobs = domicile_store::BlobStore::local(&dir.path().join("b")).unwrap();
-        let state = domicile_region::NodeState::new(
+        let state = domicile_region::open_sealed(
             &cluster,
-            region.clone(),
+            &region,
             std::sync::Arc::new(store),
             blobs,
+            &dir.path().join("keyring.json"),
         )
         .await
         .unwrap();

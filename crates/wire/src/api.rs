@@ -90,6 +90,9 @@ impl From<ImportOutcome> for ImportResponse {
 pub struct PurgeResponse {
     pub records: u64,
     pub blobs: u64,
+    /// Data keys destroyed with the data (crypto-shredding); 0 where nothing is encrypted.
+    #[serde(default)]
+    pub keys_destroyed: u64,
 }
 
 /// A range of one service and market, with the epoch an ownership change is made at.

@@ -48,6 +48,7 @@ fn config_of(table: &RoutingTable) -> ClusterConfig {
                 listen: r.url.clone(),
                 store: String::new(),
                 blobs: String::new(),
+                keyring: None,
             })
             .collect(),
         limits: Default::default(),
