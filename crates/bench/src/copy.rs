@@ -172,6 +172,10 @@ pub async fn run_copy_bench(
     let mover = Mover {
         source,
         target,
+        blob_collections: domicile_migrate::blob_collections(
+            &domicile_core::reference::cluster_config().schema,
+            &scope.service,
+        ),
         scope,
         buckets: domicile_core::BucketCount::DEFAULT,
     };

@@ -2,9 +2,9 @@
 //! what a move between regions is made of.
 
 use crate::region::RegionClient;
-use crate::{ClientError, json, send};
+use crate::{ClientError, check, json, send};
 use bytes::BytesMut;
-use domicile_store::{BucketDigest, Change, Lsn, VersionedRecord};
+use domicile_store::{BucketDigest, Change, CollectionAddress, Lsn, VersionedRecord};
 use domicile_wire::api::{DigestResponse, ImportResponse, PurgeResponse, ScopeRequest};
 use domicile_wire::frame::{self, Decoder, Frame, Header, StreamKind};
 use futures::StreamExt;
@@ -216,5 +216,63 @@ impl RegionClient {
 
     pub async fn purge(&self, scope: &ScopeRequest) -> Result<PurgeResponse, ClientError> {
         self.post_json("/internal/purge", scope).await
+    }
+
+    fn blob_url(&self, owner: &CollectionAddress, hash: &str) -> String {
+        self.url(&format!(
+            "/internal/blobs/{}/{}/{}/{}/{hash}",
+            owner.service, owner.market, owner.user, owner.collection
+        ))
+    }
+
+    /// Whether this node holds the blob.
+    pub async fn has_blob(
+        &self,
+        owner: &CollectionAddress,
+        hash: &str,
+    ) -> Result<bool, ClientError> {
+        let url = self.blob_url(owner, hash);
+        let response =
+            self.http
+                .head(&url)
+                .send()
+                .await
+                .map_err(|source| ClientError::Transport {
+                    url: url.clone(),
+                    source,
+                })?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        check(&url, response).await.map(|_| true)
+    }
+
+    /// Streams a blob from this node into `target` (opened here, sealed there); returns its
+    /// size.
+    pub async fn copy_blob(
+        &self,
+        target: &RegionClient,
+        owner: &CollectionAddress,
+        hash: &str,
+    ) -> Result<u64, ClientError> {
+        let from = self.blob_url(owner, hash);
+        let response = send(&from, self.http.get(&from)).await?;
+        let size = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = {
+            let size = size.clone();
+            response.bytes_stream().inspect(move |chunk| {
+                if let Ok(c) = chunk {
+                    size.fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        };
+        let to = target.blob_url(owner, hash);
+        let request = target
+            .http
+            .put(&to)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(counted));
+        send(&to, request).await?;
+        Ok(size.load(std::sync::atomic::Ordering::Relaxed))
     }
 }

@@ -397,6 +397,10 @@ async fn cutover(args: CutoverArgs) -> Result<()> {
             target: RegionClient::new(url(&spec.target)?, domicile_client::http_client()),
             scope: spec.scope(),
             buckets: table.buckets,
+            blob_collections: domicile_migrate::blob_collections(
+                &table.schema,
+                &spec.scope().service,
+            ),
         };
         let ctl = HttpControl {
             url: e.control.clone(),

@@ -3,8 +3,11 @@
 use crate::throttle::Throttle;
 use domicile_client::ClientError;
 use domicile_client::region::RegionClient;
-use domicile_core::{Bucket, BucketCount, BucketSet};
-use domicile_store::{Lsn, VersionedRecord};
+use domicile_core::{
+    Bucket, BucketCount, BucketSet, CollectionKind, CollectionName, Schema, ServiceName,
+};
+use domicile_store::{BlobRef, Lsn, VersionedRecord};
+use domicile_wire::api::ImportResponse;
 use domicile_wire::api::ScopeRequest;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -21,6 +24,10 @@ pub enum MoveError {
     Target(ClientError),
     #[error("copy task failed: {0}")]
     Task(String),
+    #[error("blob copy: {0}")]
+    Blob(ClientError),
+    #[error("source record {0} holds no blob reference")]
+    BlobRef(String),
 }
 
 /// One chunk of a copy, imported at the target.
@@ -77,7 +84,21 @@ pub struct Mover {
     pub scope: ScopeRequest,
     /// The cluster's bucket count, to place a record's user in its bucket.
     pub buckets: BucketCount,
+    /// The scope's blob collections: their records travel after their blobs.
+    pub blob_collections: BTreeSet<CollectionName>,
 }
+
+/// The blob collections of `service` in `schema`.
+pub fn blob_collections(schema: &Schema, service: &ServiceName) -> BTreeSet<CollectionName> {
+    schema
+        .collections_of(service)
+        .filter(|(_, spec)| spec.kind == CollectionKind::Blobs)
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// Blobs copied at once while a chunk's records wait for them.
+const BLOBS_IN_FLIGHT: usize = 8;
 
 fn record_bytes(r: &domicile_store::VersionedRecord) -> u64 {
     let c = &r.address.collection;
@@ -195,14 +216,74 @@ impl Mover {
                     .iter()
                     .map(|r| self.buckets.bucket_of(&r.address.collection.user)),
             );
-            applied.records += self
-                .target
-                .import(&self.scope, &records)
-                .await
-                .map_err(MoveError::Target)?
-                .applied;
+            applied.records += self.import(&self.scope, &records).await?.0.applied;
         }
         Ok((records.len(), next))
+    }
+
+    /// Imports `records` at the target, after copying the blobs their records name (unless the
+    /// target has them already), so a blob record never arrives before its bytes. Returns the
+    /// import's outcome and the blob bytes copied.
+    async fn import(
+        &self,
+        scope: &ScopeRequest,
+        records: &[VersionedRecord],
+    ) -> Result<(ImportResponse, u64), MoveError> {
+        let mut blobs = Vec::new();
+        for r in records {
+            let Some(value) = &r.value else { continue };
+            if !self
+                .blob_collections
+                .contains(&r.address.collection.collection)
+            {
+                continue;
+            }
+            let blob: BlobRef = serde_json::from_slice(value)
+                .map_err(|_| MoveError::BlobRef(format!("{:?}", r.address)))?;
+            blobs.push((&r.address.collection, blob.hash));
+        }
+        let mut copied = 0u64;
+        for group in blobs.chunks(BLOBS_IN_FLIGHT) {
+            let copies = group
+                .iter()
+                .map(|(owner, hash)| self.carry_blob(owner, hash));
+            copied += futures::future::try_join_all(copies)
+                .await?
+                .iter()
+                .sum::<u64>();
+        }
+        let outcome = self
+            .target
+            .import(scope, records)
+            .await
+            .map_err(MoveError::Target)?;
+        Ok((outcome, copied))
+    }
+
+    /// Copies one blob to the target unless it holds it; returns the bytes copied.
+    async fn carry_blob(
+        &self,
+        owner: &domicile_store::CollectionAddress,
+        hash: &str,
+    ) -> Result<u64, MoveError> {
+        if self
+            .target
+            .has_blob(owner, hash)
+            .await
+            .map_err(MoveError::Blob)?
+        {
+            return Ok(0);
+        }
+        match self.source.copy_blob(&self.target, owner, hash).await {
+            Ok(bytes) => Ok(bytes),
+            // Gone at the source: the record naming it was overwritten after this read, and
+            // the change that did it follows in the log.
+            Err(ClientError::Status { status: 404, .. }) => {
+                tracing::debug!(%hash, "blob gone at the source; its newer record follows");
+                Ok(0)
+            }
+            Err(e) => Err(MoveError::Blob(e)),
+        }
     }
 
     /// Compares per-bucket digests of source and target over the whole scope.
@@ -279,15 +360,10 @@ impl CopyRun<'_> {
         };
         let batch = batch.map_err(MoveError::Source)?;
         throttle.take(batch.len() as u64).await;
-        let outcome = self
-            .mover
-            .target
-            .import(&self.scope, &batch)
-            .await
-            .map_err(MoveError::Target)?;
+        let (outcome, blob_bytes) = self.mover.import(&self.scope, &batch).await?;
         let r = &mut self.report;
         r.records += batch.len() as u64;
-        r.bytes += batch.iter().map(record_bytes).sum::<u64>();
+        r.bytes += batch.iter().map(record_bytes).sum::<u64>() + blob_bytes;
         r.applied += outcome.applied;
         // The last record's bucket may continue in the next chunk; the ones before are whole.
         let complete_below = batch.last().map_or(0, |rec| {

@@ -72,6 +72,7 @@ async fn a_scope_copied_under_writes_catches_up_and_verifies_equal() {
         target: RegionClient::new(target_url.clone(), http.clone()),
         scope: scope.clone(),
         buckets: BucketCount::DEFAULT,
+        blob_collections: reference_blob_collections(&scope.service),
     };
     // Writes keep landing at the source while the copy runs.
     let writer = tokio::spawn({
@@ -142,6 +143,108 @@ async fn a_scope_copied_under_writes_catches_up_and_verifies_equal() {
     let repaired = mover.repair(&v.differing).await.unwrap();
     assert_eq!(repaired, 0, "every source record was already there");
     assert_eq!(mover.verify().await.unwrap().differing.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn photos_move_with_their_blobs_and_the_purged_source_loses_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source_url, source) = node("cn-beijing", dir.path()).await;
+    let (target_url, _) = node("ap-singapore", dir.path()).await;
+    let http = reqwest::Client::new();
+    let photo = |u: usize| -> Vec<u8> {
+        format!("photo-canary-{u}-")
+            .bytes()
+            .cycle()
+            .take(150_000 + u)
+            .collect()
+    };
+    let users = 20;
+    for u in 0..users {
+        let r = http
+            .put(format!("{source_url}/v1/users/sg{u}/photos/p1"))
+            .header("x-domicile-market", "SG")
+            .header("content-type", "image/jpeg")
+            .body(photo(u))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    }
+    let scope = ScopeRequest {
+        service: "cloud".parse().unwrap(),
+        market: "SG".parse().unwrap(),
+        buckets: "0-1023".parse().unwrap(),
+    };
+    let mover = Mover {
+        source: RegionClient::new(source_url.clone(), http.clone()),
+        target: RegionClient::new(target_url.clone(), http.clone()),
+        scope: scope.clone(),
+        buckets: BucketCount::DEFAULT,
+        blob_collections: reference_blob_collections(&scope.service),
+    };
+    let copied = mover.copy(|_| {}).await.unwrap();
+    assert_eq!(copied.records, users as u64);
+    assert!(
+        copied.bytes > (users * 150_000) as u64,
+        "the copy counts the blobs' bytes: {}",
+        copied.bytes
+    );
+    assert!(mover.verify().await.unwrap().equal());
+
+    // Every photo is at the target, byte for byte (opened there under the target's own keys).
+    let owner = |u: usize| {
+        domicile_store::CollectionAddress::new(
+            scope.service.clone(),
+            scope.market,
+            format!("sg{u}").parse().unwrap(),
+            "photos".parse().unwrap(),
+            BucketCount::DEFAULT,
+        )
+    };
+    for u in 0..users {
+        let hash = blake3::hash(&photo(u)).to_hex().to_string();
+        assert!(mover.target.has_blob(&owner(u), &hash).await.unwrap());
+        let body = http
+            .get(format!(
+                "{target_url}/internal/blobs/cloud/SG/sg{u}/photos/{hash}"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(body.as_ref(), photo(u).as_slice());
+    }
+    // A second copy finds every blob there already and carries none again.
+    let again = mover.copy(|_| {}).await.unwrap();
+    assert!(again.bytes < (users * 1_000) as u64, "{}", again.bytes);
+
+    // No copy left behind: the purged source holds neither the blobs nor the keys to its bytes.
+    let release = domicile_wire::api::RangeRequest {
+        service: scope.service.clone(),
+        market: scope.market,
+        buckets: "0-1023".parse().unwrap(),
+        epoch: domicile_core::Epoch(2),
+        owner: Some("ap-singapore".parse().unwrap()),
+    };
+    mover.source.release(&release).await.unwrap();
+    let purged = mover.source.purge(&scope).await.unwrap();
+    assert_eq!(
+        (purged.blobs, purged.keys_destroyed),
+        (users as u64, users as u64)
+    );
+    let keys = source.data_keys.as_ref().unwrap();
+    for u in 0..users {
+        let hash = blake3::hash(&photo(u)).to_hex().to_string();
+        assert!(!mover.source.has_blob(&owner(u), &hash).await.unwrap());
+        assert!(matches!(
+            keys.for_read(&owner(u)).await,
+            Err(domicile_store::StoreError::Encryption(
+                domicile_store::EncryptionError::KeyDestroyed(_)
+            ))
+        ));
+    }
 }
 
 /// A test control plane's commit: the range released at its old owner and owned by `owner`
@@ -242,6 +345,7 @@ mod waves {
             target: client(&target_url),
             scope: spec.scope(),
             buckets: BucketCount::DEFAULT,
+            blob_collections: crate::reference_blob_collections(&spec.scope().service),
         };
         let hand = Hand {
             source: client(&source_url),
@@ -397,3 +501,9 @@ mod waves {
     }
 }
 mod wave_model;
+
+fn reference_blob_collections(
+    service: &domicile_core::ServiceName,
+) -> std::collections::BTreeSet<domicile_core::CollectionName> {
+    domicile_migrate::blob_collections(&domicile_core::reference::cluster_config().schema, service)
+}

@@ -205,6 +205,7 @@ fn mover(http: &reqwest::Client, source_url: &str, target_url: &str, spec: &Wave
         target: RegionClient::new(target_url.to_string(), http.clone()),
         scope: spec.scope(),
         buckets: BucketCount::DEFAULT,
+        blob_collections: crate::reference_blob_collections(&spec.scope().service),
     }
 }
 

@@ -9,6 +9,7 @@
 
 #![deny(clippy::unwrap_used)]
 
+pub mod blob_transfer;
 pub mod internal;
 pub mod metrics;
 pub mod ownership;
@@ -105,6 +106,12 @@ pub fn router(state: Arc<NodeState>) -> Router {
             get(public::get_record)
                 .put(public::put_record)
                 .delete(public::delete_record),
+        )
+        .route(
+            "/internal/blobs/{service}/{market}/{user}/{collection}/{hash}",
+            get(blob_transfer::get)
+                .head(blob_transfer::head)
+                .put(blob_transfer::put),
         )
         .route("/internal/snapshot", post(internal::snapshot))
         .route("/internal/changes", get(internal::changes))

@@ -404,6 +404,15 @@ impl BlobStore {
         Ok(open_stream(sealed.boxed(), opener))
     }
 
+    /// Whether the blob is stored.
+    pub async fn exists(&self, owner: &CollectionAddress, hash: &str) -> Result<bool, BlobError> {
+        match self.store.head(&Self::path(owner, hash)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Deletes one blob; a missing blob is not an error.
     pub async fn delete(&self, owner: &CollectionAddress, hash: &str) -> Result<(), BlobError> {
         match self.store.delete(&Self::path(owner, hash)).await {
