@@ -126,6 +126,11 @@ pub struct Wave {
     pub write_unavailable_ms: f64,
     /// Stored entries purged when the wave ended (at the source, or at the target if rolled back).
     pub purged: u64,
+    /// Blobs purged, and data keys destroyed with them (crypto-shredding), at the same place.
+    #[serde(default)]
+    pub blobs_purged: u64,
+    #[serde(default)]
+    pub keys_destroyed: u64,
     /// What moved, as the source held it at the cutover: live records and one BLAKE3 over its
     /// per-bucket digests (hex), for the ledger.
     pub moved_records: u64,
@@ -151,9 +156,18 @@ impl Wave {
             verified: false,
             write_unavailable_ms: 0.0,
             purged: 0,
+            blobs_purged: 0,
+            keys_destroyed: 0,
             moved_records: 0,
             moved_digest: None,
         }
+    }
+
+    /// A purge run again after a crash finds nothing: keep the first counts.
+    fn absorb_purge(&mut self, purged: &domicile_wire::api::PurgeResponse) {
+        self.purged = self.purged.max(purged.records);
+        self.blobs_purged = self.blobs_purged.max(purged.blobs);
+        self.keys_destroyed = self.keys_destroyed.max(purged.keys_destroyed);
     }
 
     fn absorb(&mut self, applied: Applied) {
@@ -551,10 +565,8 @@ async fn purge_source(wave: &mut Wave, mover: &Mover) -> Result<(), WaveError> {
         .source
         .purge(&wave.spec.scope())
         .await
-        .map_err(WaveError::Region)?
-        .records;
-    // A purge run again after a crash finds nothing: keep the first count.
-    wave.purged = wave.purged.max(purged);
+        .map_err(WaveError::Region)?;
+    wave.absorb_purge(&purged);
     wave.step = Step::Completed;
     Ok(())
 }
@@ -626,9 +638,8 @@ pub async fn roll_back(
         .target
         .purge(&spec.scope())
         .await
-        .map_err(WaveError::Region)?
-        .records;
-    wave.purged = wave.purged.max(purged);
+        .map_err(WaveError::Region)?;
+    wave.absorb_purge(&purged);
     wave.step = Step::RolledBack;
     Ok(())
 }

@@ -309,7 +309,8 @@ impl Engine {
                 "to": s.target, "to_jurisdiction": jurisdiction(&s.target),
                 "records": w.moved_records, "records_copied": w.records_copied,
                 "bytes": w.bytes_copied, "digest": w.moved_digest,
-                "purged_at_source": w.purged, "epoch": w.committed_epoch,
+                "purged_at_source": w.purged, "blobs_purged_at_source": w.blobs_purged,
+                "data_keys_destroyed_at_source": w.keys_destroyed, "epoch": w.committed_epoch,
                 "legal_basis": legal_basis, "operator": "control-plane (plan)",
             });
             let id = format!(
