@@ -271,7 +271,11 @@ impl Engine {
     /// Every unit's window has closed: purge the sources, write the ledger, tighten the policy.
     async fn complete_phase(self: &Arc<Self>, p: usize) -> Result<(), String> {
         let doc = self.snapshot().await;
-        let lookback = doc.phases[p].units.len() as u64 + 2;
+        let lookback = doc.phases[p].units.len() as u64 + 3;
+        let operator = doc
+            .operator
+            .clone()
+            .unwrap_or_else(|| "not recorded (started before operators were)".to_string());
         let table = self.state.table();
         for (i, unit) in doc.phases[p].units.iter().enumerate() {
             let control = UnitControl {
@@ -310,13 +314,21 @@ impl Engine {
                 "records": w.moved_records, "records_copied": w.records_copied,
                 "bytes": w.bytes_copied, "digest": w.moved_digest,
                 "purged_at_source": w.purged, "epoch": w.committed_epoch,
-                "legal_basis": legal_basis, "operator": "control-plane (plan)",
+                "legal_basis": legal_basis, "operator": operator,
+                // Users are not counted as they move (the digest counts records); the users
+                // moved are exactly the market's users whose bucket is in `buckets`.
+                "users": null,
+                "users_basis": format!(
+                    "every user of market {} whose bucket (BLAKE3(user) mod {}) is in {}",
+                    s.market, table.buckets.get(), s.buckets
+                ),
+                "digest_basis": "BLAKE3 over each bucket's (bucket, live records, digest) at the source, fenced, at the cutover",
             });
             let id = format!(
                 "{}/{}/{}/{}/{}",
                 doc.id, doc.phases[p].resolved.name, s.service, s.market, s.buckets
             );
-            let seq = ledger::append(&self.state, "transfer", &id, body, lookback)
+            let seq = ledger::append(&self.state, ledger::kind::TRANSFER, &id, body, lookback)
                 .await
                 .map_err(|e| e.to_string())?;
             self.save(|m| m.phases[p].units[i].ledger_seq = Some(seq))
@@ -334,7 +346,7 @@ impl Engine {
                 .map_err(|e| format!("publishing the policy after the phase: {e}"))?;
             ledger::append(
                 &self.state,
-                "policy",
+                ledger::kind::POLICY,
                 &format!("{}/{}/policy", doc.id, doc.phases[p].resolved.name),
                 json!({ "version": version, "rules": doc.plan.phases[p].policy_after,
                         "after_phase": doc.phases[p].resolved.name }),
@@ -343,6 +355,15 @@ impl Engine {
             .await
             .map_err(|e| e.to_string())?;
         }
+        // The phase's entries are signed before the phase counts as completed.
+        let name = &doc.phases[p].resolved.name;
+        ledger::checkpoint(
+            &self.state,
+            &format!("{}/{name}/checkpoint", doc.id),
+            &format!("phase {name} completed"),
+        )
+        .await
+        .map_err(|e| format!("signing the ledger after the phase: {e}"))?;
         let hold = doc.plan.phases[p].pause_after && p + 1 < doc.phases.len();
         self.save(|m| {
             m.phases[p].state = PhaseState::Completed;
