@@ -420,6 +420,8 @@ async fn a_control_plane_killed_twenty_times_mid_move_resumes_and_loses_nothing(
             .any(|e| e.kind == "checkpoint" && e.body["reason"] == "phase shop completed"),
         "{export:?}"
     );
+    let purges = export.entries.iter().filter(|e| e.kind == "purge").count();
+    assert_eq!(purges, transfers.len(), "one purge per transfer");
     eprintln!(
         "kill test: 20 kills, states seen {seen:?}, {} writes acknowledged of {tried}",
         acked.len()
@@ -595,6 +597,34 @@ async fn bad_plans_move_nothing_and_a_rollback_in_the_window_loses_nothing() {
     assert_eq!(
         held(&c.region("cn-beijing"), "ecommerce", "HK").await,
         acked.len() as u64
+    );
+    // The ledger: no transfer, the copy purged at the target, signed when the phase rolled back.
+    let public_key = c.dir.path().join("control").join("ledger.pub");
+    let key = public_key.display().to_string();
+    let out = run_cli(&c, &["audit", "verify", "--public-key", &key]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_cli(&c, &["audit", "show", "--json"]).await;
+    let export: domicile_wire::ledger::LedgerExport = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !export.entries.iter().any(|e| e.kind == "transfer"),
+        "{export:?}"
+    );
+    assert!(
+        export.entries.iter().any(|e| e.kind == "purge"
+            && e.body["reason"] == "rolled back"
+            && e.body["region"] == "ap-singapore"),
+        "{export:?}"
+    );
+    assert!(
+        export
+            .entries
+            .iter()
+            .any(|e| e.kind == "checkpoint" && e.body["reason"] == "phase shop rolled back"),
+        "{export:?}"
     );
     let after = table(&c).await;
     let rows = after["placement"].as_array().unwrap();

@@ -27,7 +27,8 @@ use thiserror::Error;
 pub mod kind {
     /// A range of a service's data of a market moved between regions.
     pub const TRANSFER: &str = "transfer";
-    /// Data removed at a source (recorded inside `transfer` today).
+    /// A range's copy removed from a region: the source after a move, the target after a
+    /// rollback.
     pub const PURGE: &str = "purge";
     /// A policy version published after a phase.
     pub const POLICY: &str = "policy";

@@ -256,6 +256,37 @@ impl Engine {
                 .await
                 .map_err(|e| format!("rolling back {}/{}: {e}", w.spec.service, w.spec.market))?;
         }
+        // What the rolled-back units had copied to their targets is purged there: recorded, and
+        // signed with the rest.
+        let doc = self.snapshot().await;
+        let name = &doc.phases[p].resolved.name;
+        let lookback = doc.phases[p].units.len() as u64 + 3;
+        for unit in &doc.phases[p].units {
+            let w = &unit.run;
+            if w.step != Step::RolledBack || (w.records_copied == 0 && w.purged == 0) {
+                continue;
+            }
+            let s = &w.spec;
+            ledger::append(
+                &self.state,
+                ledger::kind::PURGE,
+                &format!(
+                    "{}/{name}/{}/{}/{}/rollback-purge",
+                    doc.id, s.service, s.market, s.buckets
+                ),
+                purge_body(&doc.id, s, &s.target, w.purged, "rolled back"),
+                lookback,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        ledger::checkpoint(
+            &self.state,
+            &format!("{}/{name}/checkpoint", doc.id),
+            &format!("phase {name} rolled back"),
+        )
+        .await
+        .map_err(|e| format!("signing the ledger after the rollback: {e}"))?;
         self.save(|m| {
             m.phases[p].state = PhaseState::RolledBack;
             m.phases[p].finished_ms = Some(now_ms());
@@ -271,7 +302,8 @@ impl Engine {
     /// Every unit's window has closed: purge the sources, write the ledger, tighten the policy.
     async fn complete_phase(self: &Arc<Self>, p: usize) -> Result<(), String> {
         let doc = self.snapshot().await;
-        let lookback = doc.phases[p].units.len() as u64 + 3;
+        // A unit writes a purge and a transfer entry; then the policy and the checkpoint.
+        let lookback = 2 * doc.phases[p].units.len() as u64 + 3;
         let operator = doc
             .operator
             .clone()
@@ -328,6 +360,16 @@ impl Engine {
                 "{}/{}/{}/{}/{}",
                 doc.id, doc.phases[p].resolved.name, s.service, s.market, s.buckets
             );
+            // The purge first: a crash after the transfer's seq is saved skips the unit.
+            ledger::append(
+                &self.state,
+                ledger::kind::PURGE,
+                &format!("{id}/purge"),
+                purge_body(&doc.id, &w.spec, &s.source, w.purged, "moved"),
+                lookback,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             let seq = ledger::append(&self.state, ledger::kind::TRANSFER, &id, body, lookback)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -381,6 +423,22 @@ impl Engine {
         tracing::info!(phase = %doc.phases[p].resolved.name, paused = hold, "phase completed");
         Ok(())
     }
+}
+
+/// A `purge` entry's body: a range's copy removed from `region` (the source after a move, the
+/// target after a rollback).
+fn purge_body(
+    migration: &str,
+    spec: &domicile_migrate::wave::WaveSpec,
+    region: &domicile_core::RegionId,
+    purged: u64,
+    reason: &str,
+) -> serde_json::Value {
+    json!({
+        "migration": migration, "region": region, "service": spec.service,
+        "market": spec.market, "buckets": spec.buckets, "entries_purged": purged,
+        "reason": reason,
+    })
 }
 
 /// One unit: its steps up to the cutover (reported on `settled`), then its reverse stream until
