@@ -181,6 +181,20 @@ async fn audit_verify_detects_every_kind_of_tampering_and_names_the_first_bad_en
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], "event_refused", "{body}");
     }
+    // An operator name is 1-128 printable characters (it goes into every transfer entry).
+    let r = http
+        .post(format!("{base}/admin/migrations"))
+        .bearer_auth(admin.trim())
+        .header("x-domicile-operator", "x".repeat(129))
+        .body("name = \"p\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_operator"
+    );
     let r = http
         .get(format!("{base}/admin/ledger"))
         .send()
