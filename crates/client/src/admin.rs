@@ -1,7 +1,11 @@
 //! The control plane's admin API as the CLI and the demo use it: migrations and the ledger.
 
 use crate::{ClientError, json, send};
+use domicile_wire::ledger::{LedgerAppended, LedgerExport};
 use domicile_wire::migration::MigrationStatus;
+
+/// The header naming who starts a run.
+pub const OPERATOR_HEADER: &str = "x-domicile-operator";
 
 #[derive(Clone)]
 pub struct AdminClient {
@@ -19,15 +23,29 @@ impl AdminClient {
         }
     }
 
-    /// Starts a run of the plan (TOML text); refused with the rule it breaks.
+    /// Starts a run of the plan (TOML text); refused with the rule it breaks. The ledger names
+    /// the admin credential as its operator.
     pub async fn start_migration(&self, plan: &str) -> Result<MigrationStatus, ClientError> {
+        self.start_migration_by(plan, None).await
+    }
+
+    /// Starts a run of the plan, naming its `operator` (recorded in the ledger's transfers with
+    /// the admin credential's id).
+    pub async fn start_migration_by(
+        &self,
+        plan: &str,
+        operator: Option<&str>,
+    ) -> Result<MigrationStatus, ClientError> {
         let url = format!("{}/admin/migrations", self.base);
-        let request = self
+        let mut request = self
             .http
             .post(&url)
             .bearer_auth(&self.token)
             .header("content-type", "application/toml")
             .body(plan.to_string());
+        if let Some(name) = operator {
+            request = request.header(OPERATOR_HEADER, name);
+        }
         json(&url, send(&url, request).await?).await
     }
 
@@ -50,13 +68,24 @@ impl AdminClient {
         .await
     }
 
-    /// `{"verified","problem","entries"}`.
-    pub async fn ledger(&self) -> Result<serde_json::Value, ClientError> {
+    /// The ledger's export (signed to its head by the control plane before it answers).
+    pub async fn ledger(&self) -> Result<LedgerExport, ClientError> {
         let url = format!("{}/admin/ledger", self.base);
         json(
             &url,
             send(&url, self.http.get(&url).bearer_auth(&self.token)).await?,
         )
         .await
+    }
+
+    /// Signs the ledger's head now; the checkpoint covering it (0: the ledger is empty).
+    pub async fn ledger_checkpoint(&self) -> Result<u64, ClientError> {
+        let url = format!("{}/admin/ledger/checkpoint", self.base);
+        let appended: LedgerAppended = json(
+            &url,
+            send(&url, self.http.post(&url).bearer_auth(&self.token)).await?,
+        )
+        .await?;
+        Ok(appended.seq)
     }
 }

@@ -58,6 +58,19 @@ impl ControlClient {
         Ok(Some(table))
     }
 
+    /// Records an event in the transfer ledger (`key_destruction`, `erasure`,
+    /// `consent_revocation`: build it with `LedgerEvent::new(id, &body)`); returns its sequence
+    /// number. A retry with the same id is not appended twice, so a caller may retry freely.
+    pub async fn record_ledger_event(
+        &self,
+        event: &domicile_wire::ledger::LedgerEvent,
+    ) -> Result<u64, ClientError> {
+        let url = format!("{}/internal/ledger/events", self.base);
+        let response = crate::send(&url, self.http.post(&url).json(event)).await?;
+        let appended: domicile_wire::ledger::LedgerAppended = crate::json(&url, response).await?;
+        Ok(appended.seq)
+    }
+
     /// The current table, now.
     pub async fn current(&self) -> Result<RoutingTable, ClientError> {
         match self.table(0, Duration::ZERO).await? {

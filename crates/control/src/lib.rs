@@ -1,6 +1,7 @@
 //! The control plane (`domicile control`): the one source of truth for regions, policy,
 //! placement and epochs, persisted in its own store. Serves the admin API (`/admin`, behind an
-//! admin credential) and the routing table's watch (`/internal/table`, long poll by version).
+//! admin credential), the routing table's watch (`/internal/table`, long poll by version) and
+//! the ledger's event intake (`/internal/ledger/events`).
 //!
 //! Architecture Invariant: every change is validated against the policy, pushed to the region
 //! nodes it concerns (release at the old owner before own at the new one), persisted, and only
@@ -57,6 +58,14 @@ pub fn router(state: Arc<ControlState>) -> Router {
             axum::routing::post(migration::api::steer),
         )
         .route("/admin/ledger", get(migration::api::get_ledger))
+        .route(
+            "/admin/ledger/checkpoint",
+            axum::routing::post(migration::api::post_checkpoint),
+        )
+        .route(
+            "/internal/ledger/events",
+            axum::routing::post(ledger::events::post_event),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(admin::metrics))
         .fallback(|| async { domicile_http::ApiError::NotFound("no such endpoint".into()) })

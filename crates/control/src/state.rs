@@ -25,6 +25,8 @@ pub struct ControlState {
     closing: watch::Sender<bool>,
     /// Ledger appends run one at a time (each reads the head it extends).
     pub(crate) ledger: Mutex<()>,
+    /// Signs the ledger's checkpoints (`with_ledger_key`); without one, checkpoints are refused.
+    pub(crate) ledger_key: Option<crate::ledger::LedgerKey>,
     /// The migration being run, if any (one at a time).
     pub(crate) migration: Mutex<Option<Arc<crate::migration::Engine>>>,
 }
@@ -82,8 +84,28 @@ impl ControlState {
             admin_changes: AtomicU64::new(0),
             closing: watch::channel(false).0,
             ledger: Mutex::new(()),
+            ledger_key: None,
             migration: Mutex::new(None),
         })
+    }
+
+    /// Signs the ledger's checkpoints with `key` (`LedgerKey::load_or_create` in the data dir).
+    pub fn with_ledger_key(mut self, key: crate::ledger::LedgerKey) -> Self {
+        self.ledger_key = Some(key);
+        self
+    }
+
+    /// The public key the ledger's checkpoints are signed with, if any.
+    pub fn ledger_public_key(&self) -> Option<&crate::ledger::VerifyingKey> {
+        self.ledger_key
+            .as_ref()
+            .map(crate::ledger::LedgerKey::public)
+    }
+
+    /// An id for the admin credential that cannot be turned back into it (the first 16 hex
+    /// digits of BLAKE3 of the token): who did something, in the ledger.
+    pub fn admin_credential_id(&self) -> String {
+        blake3::hash(self.admin_token.as_bytes()).to_hex()[..16].to_string()
     }
 
     pub fn table(&self) -> Arc<RoutingTable> {

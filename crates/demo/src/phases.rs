@@ -53,7 +53,7 @@ pub async fn run(s: &Setting<'_>, live: &Live, plan: &str) -> Result<PhasesOutco
         .first()
         .map(|p| p.markets.clone())
         .unwrap_or_default();
-    let started = s.admin.start_migration(plan).await?;
+    let started = s.admin.start_migration_by(plan, Some("demo")).await?;
     let names: Vec<String> = started.phases.iter().map(|p| p.name.clone()).collect();
     let during = |i: usize| format!("during:{}", names.get(i).map_or("-", String::as_str));
     live.set_label(&during(0));

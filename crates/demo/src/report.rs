@@ -63,9 +63,12 @@ pub struct Report {
     pub acknowledged_writes: u64,
     /// Records found in a region for a range it does not own (0: no copy left behind).
     pub copies_left_behind: u64,
-    /// The transfer ledger's hash chain checked.
+    /// The transfer ledger verified as `domicile audit verify` does: the hash chain, and every
+    /// checkpoint's Ed25519 signature against the control plane's public key, with every entry
+    /// covered by a checkpoint.
     pub ledger_verified: bool,
     pub ledger_entries: u64,
+    pub ledger_checkpoints: u64,
 }
 
 impl Report {

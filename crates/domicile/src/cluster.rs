@@ -25,6 +25,8 @@ pub struct Endpoints {
     pub regions: BTreeMap<RegionId, String>,
     /// The file holding the admin credential (`Authorization: Bearer <contents>` on `/admin`).
     pub admin_token_file: PathBuf,
+    /// The ledger's public key (checkpoints are signed with its private half, `ledger.key`).
+    pub ledger_public_key_file: PathBuf,
 }
 
 pub struct Cluster {
@@ -91,8 +93,11 @@ impl Cluster {
             .context("open the control plane's store")?;
         let admin_token_file = data_dir.join("admin.token");
         let admin_token = secret_file(&admin_token_file, domicile_control::state::new_admin_token)?;
+        let (ledger_key, ledger_public_key_file) = crate::roles::ledger_key(data_dir)?;
         let control = Arc::new(
-            ControlState::open(Arc::new(control_store), config, &urls, admin_token.clone()).await?,
+            ControlState::open(Arc::new(control_store), config, &urls, admin_token.clone())
+                .await?
+                .with_ledger_key(ledger_key),
         );
         let (listener, control_addr) = domicile_control::bind("127.0.0.1:0").await?;
         let control_url = format!("http://{control_addr}");
@@ -145,6 +150,7 @@ impl Cluster {
                 control: control_url,
                 regions: urls,
                 admin_token_file,
+                ledger_public_key_file,
             },
             control,
             stop,

@@ -150,6 +150,7 @@ async fn workload(
         copies_left_behind: 0,
         ledger_verified: false,
         ledger_entries: 0,
+        ledger_checkpoints: 0,
     };
     // The table as the control plane publishes it, for the clients' modelled delays.
     let first = Arc::new(control.current().await?);
@@ -248,9 +249,21 @@ async fn workload(
                 flash_orders_per_s: m.flash.as_ref().map(|f| f.orders_per_s),
             },
         );
-        let ledger = admin.ledger().await?;
-        report.ledger_verified = ledger["verified"].as_bool().unwrap_or(false);
-        report.ledger_entries = ledger["entries"].as_array().map_or(0, |a| a.len() as u64);
+        // The whole check `domicile audit verify` makes: the chain, and every checkpoint's
+        // signature against the public key the control plane wrote to its file (not the one
+        // the export names), with no entry left unsigned.
+        let export = admin.ledger().await?;
+        let text = std::fs::read_to_string(&e.ledger_public_key_file)
+            .with_context(|| format!("read {}", e.ledger_public_key_file.display()))?;
+        let key = domicile_control::ledger::VerifyingKey::parse(&text)?;
+        match crate::audit::check(&export, &key, false) {
+            Ok(v) => {
+                report.ledger_verified = true;
+                report.ledger_checkpoints = v.checkpoints;
+            }
+            Err(bad) => eprintln!("ledger NOT verified: {bad}"),
+        }
+        report.ledger_entries = export.entries.len() as u64;
     }
     report.seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
 
@@ -273,11 +286,12 @@ async fn workload(
         }
         println!("\nPublished claims\n{}", report.claims_table());
         println!(
-            "acknowledged writes {} (every one read back; lost: {}), copies left behind {}, ledger {} entries, chain {}",
+            "acknowledged writes {} (every one read back; lost: {}), copies left behind {}, ledger {} entries and {} signed checkpoints, chain and signatures {}",
             report.acknowledged_writes,
             report.phases.iter().map(|p| p.lost_writes).sum::<u64>(),
             report.copies_left_behind,
             report.ledger_entries,
+            report.ledger_checkpoints,
             if report.ledger_verified {
                 "verified"
             } else {

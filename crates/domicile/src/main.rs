@@ -1,6 +1,7 @@
 //! `domicile`: one binary for every role (region node, …) and tool (bench, …).
 //! It only parses arguments and wires the library crates together.
 
+mod audit;
 mod bench;
 mod cluster;
 mod demo;
@@ -47,6 +48,9 @@ enum Command {
     /// Migration plans: `plan FILE` is a dry run (validate and estimate; moves nothing).
     #[command(subcommand)]
     Migrate(migrate_cmd::MigrateCommand),
+    /// The transfer ledger: `verify` its chain and signatures, `show` its entries.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Run a benchmark and print its figures as JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -85,7 +89,11 @@ fn main() {
     // The engine logs every flush and compaction at info; keep ours readable. The demo and the
     // benchmarks print reports: only warnings interleave with them.
     init_tracing(match cli.command {
-        Command::Demo(_) | Command::Bench(_) | Command::Latency(_) | Command::Migrate(_) => "warn",
+        Command::Demo(_)
+        | Command::Bench(_)
+        | Command::Latency(_)
+        | Command::Migrate(_)
+        | Command::Audit(_) => "warn",
         _ => "info,fjall=warn,lsm_tree=warn",
     });
     let result: Result<()> = (|| {
@@ -101,6 +109,7 @@ fn main() {
                 Command::Demo(args) => demo::run(args).await,
                 Command::Latency(cmd) => latency::run(cmd).await,
                 Command::Migrate(cmd) => migrate_cmd::run(cmd).await,
+                Command::Audit(cmd) => audit::run(cmd).await,
                 Command::Bench(cmd) => bench::run(cmd).await,
             }
         })

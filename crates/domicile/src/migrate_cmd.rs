@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// Print the final status as JSON (no progress bars).
     #[arg(long)]
     json: bool,
+    /// Who runs the plan, recorded in every transfer's ledger entry with the admin credential's
+    /// id (which alone is recorded without it).
+    #[arg(long)]
+    operator: Option<String>,
 }
 
 #[derive(Args)]
@@ -131,7 +135,7 @@ async fn run_plan(args: RunArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.file).with_context(|| format!("read plan {file}"))?;
     let client = admin(&args.control)?;
     let started = client
-        .start_migration(&text)
+        .start_migration_by(&text, args.operator.as_deref())
         .await
         .with_context(|| format!("start plan {file}"))?;
     if args.detach {

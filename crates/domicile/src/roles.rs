@@ -39,13 +39,20 @@ pub async fn control(args: ControlArgs) -> Result<()> {
     let token = secret_file(&token_file, domicile_control::state::new_admin_token)?;
     let store = EmbeddedStore::open(&args.data_dir.join("store"), EmbeddedOptions::default())
         .context("open the control plane's store")?;
-    let state =
-        Arc::new(ControlState::open(Arc::new(store), &config, &BTreeMap::new(), token).await?);
+    let (ledger_key, ledger_public_key_file) = ledger_key(&args.data_dir)?;
+    let state = Arc::new(
+        ControlState::open(Arc::new(store), &config, &BTreeMap::new(), token)
+            .await?
+            .with_ledger_key(ledger_key),
+    );
     let (listener, addr) = domicile_control::bind(&args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
-    let ready =
-        serde_json::json!({ "control": format!("http://{addr}"), "admin_token_file": token_file });
+    let ready = serde_json::json!({
+        "control": format!("http://{addr}"),
+        "admin_token_file": token_file,
+        "ledger_public_key_file": ledger_public_key_file,
+    });
     // A run that was cut short (a crash, a restart) goes on from its last checkpoint.
     domicile_control::migration::api::resume(&state)
         .await
@@ -59,6 +66,15 @@ pub async fn control(args: ControlArgs) -> Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// The ledger's signing key in `dir` (`ledger.key`, 0600; created on the first start) and the
+/// file its public key is published in beside it (`ledger.pub`).
+pub fn ledger_key(dir: &std::path::Path) -> Result<(domicile_control::ledger::LedgerKey, PathBuf)> {
+    let public = dir.join("ledger.pub");
+    let key = domicile_control::ledger::LedgerKey::load_or_create(&dir.join("ledger.key"), &public)
+        .context("load the ledger signing key")?;
+    Ok((key, public))
 }
 
 #[derive(Args)]

@@ -352,6 +352,76 @@ async fn a_control_plane_killed_twenty_times_mid_move_resumes_and_loses_nothing(
         at_target >= moved_writes && at_target <= moved_writes + (tried - acked.len() as u64),
         "{at_target} records at the target for {moved_writes} acknowledged writes"
     );
+    // The ledger: one transfer per unit however often the control plane died around it, each
+    // naming its operator, all signed by the key the control plane published on its first start.
+    let public_key = c.dir.path().join("control").join("ledger.pub");
+    let out = run_cli(
+        &c,
+        &[
+            "audit",
+            "verify",
+            "--public-key",
+            &public_key.display().to_string(),
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("ledger verified: "), "{stdout}");
+    assert!(
+        stdout.contains("every entry is covered by a checkpoint"),
+        "{stdout}"
+    );
+    let out = run_cli(&c, &["audit", "show", "--json"]).await;
+    let export: domicile_wire::ledger::LedgerExport = serde_json::from_slice(&out.stdout).unwrap();
+    let transfers: Vec<_> = export
+        .entries
+        .iter()
+        .filter(|e| e.kind == "transfer")
+        .collect();
+    assert_eq!(
+        Some(transfers.len() as u64),
+        phase["units"].as_u64(),
+        "{export:?}"
+    );
+    let ids: std::collections::BTreeSet<_> = transfers.iter().map(|e| &e.id).collect();
+    assert_eq!(ids.len(), transfers.len(), "a transfer written twice");
+    for t in &transfers {
+        for field in [
+            "from",
+            "to",
+            "service",
+            "market",
+            "buckets",
+            "records",
+            "bytes",
+            "digest",
+            "legal_basis",
+        ] {
+            assert!(t.body.get(field).is_some(), "{field} missing: {}", t.body);
+        }
+        assert!(
+            t.body["operator"]
+                .as_str()
+                .unwrap()
+                .starts_with("admin credential "),
+            "{}",
+            t.body
+        );
+    }
+    assert!(
+        export
+            .entries
+            .iter()
+            .any(|e| e.kind == "checkpoint" && e.body["reason"] == "phase shop completed"),
+        "{export:?}"
+    );
+    let purges = export.entries.iter().filter(|e| e.kind == "purge").count();
+    assert_eq!(purges, transfers.len(), "one purge per transfer");
     eprintln!(
         "kill test: 20 kills, states seen {seen:?}, {} writes acknowledged of {tried}",
         acked.len()
@@ -527,6 +597,34 @@ async fn bad_plans_move_nothing_and_a_rollback_in_the_window_loses_nothing() {
     assert_eq!(
         held(&c.region("cn-beijing"), "ecommerce", "HK").await,
         acked.len() as u64
+    );
+    // The ledger: no transfer, the copy purged at the target, signed when the phase rolled back.
+    let public_key = c.dir.path().join("control").join("ledger.pub");
+    let key = public_key.display().to_string();
+    let out = run_cli(&c, &["audit", "verify", "--public-key", &key]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_cli(&c, &["audit", "show", "--json"]).await;
+    let export: domicile_wire::ledger::LedgerExport = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !export.entries.iter().any(|e| e.kind == "transfer"),
+        "{export:?}"
+    );
+    assert!(
+        export.entries.iter().any(|e| e.kind == "purge"
+            && e.body["reason"] == "rolled back"
+            && e.body["region"] == "ap-singapore"),
+        "{export:?}"
+    );
+    assert!(
+        export
+            .entries
+            .iter()
+            .any(|e| e.kind == "checkpoint" && e.body["reason"] == "phase shop rolled back"),
+        "{export:?}"
     );
     let after = table(&c).await;
     let rows = after["placement"].as_array().unwrap();

@@ -7,4 +7,5 @@
 
 pub mod api;
 pub mod frame;
+pub mod ledger;
 pub mod migration;

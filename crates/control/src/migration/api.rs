@@ -1,6 +1,7 @@
 //! The migration admin API: `POST /admin/migrations` (a plan's TOML) starts a run;
 //! `GET /admin/migrations/current` is its status; `POST /admin/migrations/current/{pause,
-//! resume,rollback}` steer it. `GET /admin/ledger` lists the ledger with its chain checked.
+//! resume,rollback}` steer it. `GET /admin/ledger` exports the ledger (signed to its head);
+//! `POST /admin/ledger/checkpoint` signs the head.
 
 use super::engine::{Engine, load};
 use super::{Migration, MigrationStatus, PhaseRun, PhaseState, RunState, now_ms};
@@ -83,6 +84,7 @@ pub fn plan_run(table: &RoutingTable, text: &str) -> Result<Migration, ApiError>
             .collect(),
         started_ms,
         finished_ms: None,
+        operator: None,
     })
 }
 
@@ -94,6 +96,7 @@ pub async fn start(
     body: Body,
 ) -> Result<(StatusCode, Json<MigrationStatus>), ApiError> {
     authorize(&state, &headers)?;
+    let operator = operator_of(&state, &headers)?;
     let bytes = request::body(body, 1 << 20).await?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::bad("plan_refused", "the plan is not UTF-8 text"))?;
@@ -107,7 +110,8 @@ pub async fn start(
             )));
         }
     }
-    let doc = plan_run(&state.table(), text)?;
+    let mut doc = plan_run(&state.table(), text)?;
+    doc.operator = Some(operator);
     tracing::info!(migration = %doc.id, phases = doc.phases.len(), "migration started");
     let engine = Engine::create(state.clone(), doc).await?;
     *slot = Some(engine.clone());
@@ -200,17 +204,51 @@ pub async fn steer(
     Ok(Json(engine.snapshot().await.status()))
 }
 
-/// `GET /admin/ledger`: `{"verified": bool, "problem": …, "entries": […]}`.
+/// `GET /admin/ledger`: the export (`{"format","public_key","key_id","entries"}`), after
+/// signing the head if entries were appended since the last checkpoint. Verify it with
+/// `domicile audit verify`, against a public key kept apart from the control plane.
 pub async fn get_ledger(
     State(state): State<Arc<ControlState>>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ledger::LedgerExport>, ApiError> {
     authorize(&state, &headers)?;
-    let entries = ledger::entries(&state).await?;
-    let check = ledger::verify(&entries);
-    Ok(Json(serde_json::json!({
-        "verified": check.is_ok(),
-        "problem": check.err(),
-        "entries": entries,
-    })))
+    Ok(Json(ledger::export(&state).await?))
+}
+
+/// `POST /admin/ledger/checkpoint`: signs the head now (no new entry if the last one is a
+/// checkpoint already). `{"seq"}`: the checkpoint covering the head (0 for an empty ledger).
+pub async fn post_checkpoint(
+    State(state): State<Arc<ControlState>>,
+    headers: HeaderMap,
+) -> Result<Json<domicile_wire::ledger::LedgerAppended>, ApiError> {
+    authorize(&state, &headers)?;
+    let id = format!("admin/{}", now_ms());
+    let seq = ledger::checkpoint(&state, &id, "requested").await?;
+    Ok(Json(domicile_wire::ledger::LedgerAppended {
+        seq: seq.unwrap_or(0),
+    }))
+}
+
+/// The header naming the operator who starts a run (recorded in the ledger's transfers).
+pub use domicile_client::admin::OPERATOR_HEADER;
+
+/// Who starts a run: the `x-domicile-operator` header (1-128 printable characters) and the
+/// admin credential's id.
+fn operator_of(state: &ControlState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let credential = format!("admin credential {}", state.admin_credential_id());
+    let Some(value) = headers.get(OPERATOR_HEADER) else {
+        return Ok(credential);
+    };
+    let name = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && n.len() <= 128 && !n.chars().any(char::is_control))
+        .ok_or_else(|| {
+            ApiError::bad(
+                "invalid_operator",
+                format!("{OPERATOR_HEADER} is 1-128 printable characters"),
+            )
+        })?;
+    Ok(format!("{name} ({credential})"))
 }

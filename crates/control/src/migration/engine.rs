@@ -256,6 +256,49 @@ impl Engine {
                 .await
                 .map_err(|e| format!("rolling back {}/{}: {e}", w.spec.service, w.spec.market))?;
         }
+        // What the rolled-back units had copied to their targets is purged there: recorded, and
+        // signed with the rest.
+        let doc = self.snapshot().await;
+        let name = &doc.phases[p].resolved.name;
+        let lookback = 2 * doc.phases[p].units.len() as u64 + 3;
+        for unit in &doc.phases[p].units {
+            let w = &unit.run;
+            if w.step != Step::RolledBack || (w.records_copied == 0 && w.purged == 0) {
+                continue;
+            }
+            let s = &w.spec;
+            ledger::append(
+                &self.state,
+                ledger::kind::PURGE,
+                &format!(
+                    "{}/{name}/{}/{}/{}/rollback-purge",
+                    doc.id, s.service, s.market, s.buckets
+                ),
+                purge_body(&doc.id, w, &s.target, "rolled back"),
+                lookback,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            record_key_destruction(
+                &self.state,
+                &format!(
+                    "{}/{name}/{}/{}/{}/rollback-keys",
+                    doc.id, s.service, s.market, s.buckets
+                ),
+                w,
+                &s.target,
+                domicile_wire::ledger::DestructionReason::RolledBack,
+                lookback,
+            )
+            .await?;
+        }
+        ledger::checkpoint(
+            &self.state,
+            &format!("{}/{name}/checkpoint", doc.id),
+            &format!("phase {name} rolled back"),
+        )
+        .await
+        .map_err(|e| format!("signing the ledger after the rollback: {e}"))?;
         self.save(|m| {
             m.phases[p].state = PhaseState::RolledBack;
             m.phases[p].finished_ms = Some(now_ms());
@@ -271,7 +314,13 @@ impl Engine {
     /// Every unit's window has closed: purge the sources, write the ledger, tighten the policy.
     async fn complete_phase(self: &Arc<Self>, p: usize) -> Result<(), String> {
         let doc = self.snapshot().await;
-        let lookback = doc.phases[p].units.len() as u64 + 2;
+        // A unit writes a purge, a key destruction and a transfer entry; then the policy and the
+        // checkpoint.
+        let lookback = 3 * doc.phases[p].units.len() as u64 + 3;
+        let operator = doc
+            .operator
+            .clone()
+            .unwrap_or_else(|| "not recorded (started before operators were)".to_string());
         let table = self.state.table();
         for (i, unit) in doc.phases[p].units.iter().enumerate() {
             let control = UnitControl {
@@ -311,13 +360,40 @@ impl Engine {
                 "bytes": w.bytes_copied, "digest": w.moved_digest,
                 "purged_at_source": w.purged, "blobs_purged_at_source": w.blobs_purged,
                 "data_keys_destroyed_at_source": w.keys_destroyed, "epoch": w.committed_epoch,
-                "legal_basis": legal_basis, "operator": "control-plane (plan)",
+                "legal_basis": legal_basis, "operator": operator,
+                // Users are not counted as they move (the digest counts records); the users
+                // moved are exactly the market's users whose bucket is in `buckets`.
+                "users": null,
+                "users_basis": format!(
+                    "every user of market {} whose bucket (BLAKE3(user) mod {}) is in {}",
+                    s.market, table.buckets.get(), s.buckets
+                ),
+                "digest_basis": "BLAKE3 over each bucket's (bucket, live records, digest) at the source, fenced, at the cutover",
             });
             let id = format!(
                 "{}/{}/{}/{}/{}",
                 doc.id, doc.phases[p].resolved.name, s.service, s.market, s.buckets
             );
-            let seq = ledger::append(&self.state, "transfer", &id, body, lookback)
+            // The purge first: a crash after the transfer's seq is saved skips the unit.
+            ledger::append(
+                &self.state,
+                ledger::kind::PURGE,
+                &format!("{id}/purge"),
+                purge_body(&doc.id, &w, &s.source, "moved"),
+                lookback,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            record_key_destruction(
+                &self.state,
+                &format!("{id}/keys"),
+                &w,
+                &s.source,
+                domicile_wire::ledger::DestructionReason::Moved,
+                lookback,
+            )
+            .await?;
+            let seq = ledger::append(&self.state, ledger::kind::TRANSFER, &id, body, lookback)
                 .await
                 .map_err(|e| e.to_string())?;
             self.save(|m| m.phases[p].units[i].ledger_seq = Some(seq))
@@ -335,7 +411,7 @@ impl Engine {
                 .map_err(|e| format!("publishing the policy after the phase: {e}"))?;
             ledger::append(
                 &self.state,
-                "policy",
+                ledger::kind::POLICY,
                 &format!("{}/{}/policy", doc.id, doc.phases[p].resolved.name),
                 json!({ "version": version, "rules": doc.plan.phases[p].policy_after,
                         "after_phase": doc.phases[p].resolved.name }),
@@ -344,6 +420,15 @@ impl Engine {
             .await
             .map_err(|e| e.to_string())?;
         }
+        // The phase's entries are signed before the phase counts as completed.
+        let name = &doc.phases[p].resolved.name;
+        ledger::checkpoint(
+            &self.state,
+            &format!("{}/{name}/checkpoint", doc.id),
+            &format!("phase {name} completed"),
+        )
+        .await
+        .map_err(|e| format!("signing the ledger after the phase: {e}"))?;
         let hold = doc.plan.phases[p].pause_after && p + 1 < doc.phases.len();
         self.save(|m| {
             m.phases[p].state = PhaseState::Completed;
@@ -361,6 +446,49 @@ impl Engine {
         tracing::info!(phase = %doc.phases[p].resolved.name, paused = hold, "phase completed");
         Ok(())
     }
+}
+
+/// A `purge` entry's body: a range's copy removed from `region` (the source after a move, the
+/// target after a rollback).
+fn purge_body(
+    migration: &str,
+    wave: &domicile_migrate::wave::Wave,
+    region: &domicile_core::RegionId,
+    reason: &str,
+) -> serde_json::Value {
+    let spec = &wave.spec;
+    json!({
+        "migration": migration, "region": region, "service": spec.service,
+        "market": spec.market, "buckets": spec.buckets, "entries_purged": wave.purged,
+        "blobs_purged": wave.blobs_purged, "data_keys_destroyed": wave.keys_destroyed,
+        "reason": reason,
+    })
+}
+
+/// Records the data keys a unit's purge destroyed at `region` (crypto-shredding), if any.
+async fn record_key_destruction(
+    state: &crate::ControlState,
+    id: &str,
+    wave: &domicile_migrate::wave::Wave,
+    region: &domicile_core::RegionId,
+    reason: domicile_wire::ledger::DestructionReason,
+    lookback: u64,
+) -> Result<(), String> {
+    if wave.keys_destroyed == 0 {
+        return Ok(());
+    }
+    let body = domicile_wire::ledger::KeyDestruction {
+        region: region.clone(),
+        service: wave.spec.service.clone(),
+        users: wave.keys_destroyed,
+        user: None,
+        reason,
+    };
+    let body = serde_json::to_value(&body).map_err(|e| e.to_string())?;
+    ledger::append(state, ledger::kind::KEY_DESTRUCTION, id, body, lookback)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// One unit: its steps up to the cutover (reported on `settled`), then its reverse stream until

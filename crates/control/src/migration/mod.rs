@@ -61,6 +61,9 @@ pub struct Migration {
     pub phases: Vec<PhaseRun>,
     pub started_ms: u64,
     pub finished_ms: Option<u64>,
+    /// Who started the run (the operator they named, and the admin credential's id).
+    #[serde(default)]
+    pub operator: Option<String>,
 }
 
 /// The `q` quantile of sorted `xs` (nearest rank), 0 if empty.
