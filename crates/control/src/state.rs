@@ -1,7 +1,7 @@
 //! The control plane's state: the routing table, persisted in its store, with a version watch.
 
 use bytes::Bytes;
-use domicile_client::http_client;
+use domicile_client::{ClientTransport, http_client};
 use domicile_core::{ClusterConfig, RegionId};
 use domicile_http::ApiError;
 use domicile_store::{RegionStore, StoreError};
@@ -78,12 +78,20 @@ impl ControlState {
             table: tx,
             changes: Mutex::new(()),
             admin_token,
-            http: http_client(),
+            // Plaintext until `with_transport` gives it the cluster's TLS.
+            http: http_client(&ClientTransport::InsecurePlaintext),
             admin_changes: AtomicU64::new(0),
             closing: watch::channel(false).0,
             ledger: Mutex::new(()),
             migration: Mutex::new(None),
         })
+    }
+
+    /// Calls region nodes with `transport` (mutual TLS with the control plane's certificate).
+    #[must_use]
+    pub fn with_transport(mut self, transport: &ClientTransport) -> Self {
+        self.http = http_client(transport);
+        self
     }
 
     pub fn table(&self) -> Arc<RoutingTable> {

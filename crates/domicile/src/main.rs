@@ -2,6 +2,7 @@
 //! It only parses arguments and wires the library crates together.
 
 mod bench;
+mod certs;
 mod cluster;
 mod demo;
 mod latency;
@@ -50,6 +51,9 @@ enum Command {
     /// Run a benchmark and print its figures as JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Certificates: `init DIR` makes a development CA and a certificate per role.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
 }
 
 /// The cluster config a `--config` option names, or the built-in reference cluster; with the
@@ -85,7 +89,11 @@ fn main() {
     // The engine logs every flush and compaction at info; keep ours readable. The demo and the
     // benchmarks print reports: only warnings interleave with them.
     init_tracing(match cli.command {
-        Command::Demo(_) | Command::Bench(_) | Command::Latency(_) | Command::Migrate(_) => "warn",
+        Command::Demo(_)
+        | Command::Bench(_)
+        | Command::Latency(_)
+        | Command::Migrate(_)
+        | Command::Certs(_) => "warn",
         _ => "info,fjall=warn,lsm_tree=warn",
     });
     let result: Result<()> = (|| {
@@ -102,6 +110,7 @@ fn main() {
                 Command::Latency(cmd) => latency::run(cmd).await,
                 Command::Migrate(cmd) => migrate_cmd::run(cmd).await,
                 Command::Bench(cmd) => bench::run(cmd).await,
+                Command::Certs(cmd) => certs::run(cmd),
             }
         })
     })();

@@ -26,10 +26,13 @@ pub struct ControlArgs {
     /// The admin credential's file (created with a random token if missing).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: crate::certs::TlsArgs,
 }
 
 pub async fn control(args: ControlArgs) -> Result<()> {
     let (config, _) = load_config(&args.config)?;
+    let tls = args.tls.load(domicile_tls::Role::Control)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
     let token_file = args
@@ -39,13 +42,25 @@ pub async fn control(args: ControlArgs) -> Result<()> {
     let token = secret_file(&token_file, domicile_control::state::new_admin_token)?;
     let store = EmbeddedStore::open(&args.data_dir.join("store"), EmbeddedOptions::default())
         .context("open the control plane's store")?;
-    let state =
-        Arc::new(ControlState::open(Arc::new(store), &config, &BTreeMap::new(), token).await?);
+    // Regions with a `listen` address in the config are reached there, by this cluster's scheme.
+    let urls: BTreeMap<_, _> = config
+        .regions
+        .iter()
+        .filter(|r| !r.listen.is_empty())
+        .map(|r| (r.id.clone(), format!("{}://{}", tls.client.scheme(), r.listen)))
+        .collect();
+    let state = Arc::new(
+        ControlState::open(Arc::new(store), &config, &urls, token)
+            .await?
+            .with_transport(&tls.client),
+    );
     let (listener, addr) = domicile_control::bind(&args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
-    let ready =
-        serde_json::json!({ "control": format!("http://{addr}"), "admin_token_file": token_file });
+    let ready = serde_json::json!({
+        "control": format!("{}://{addr}", tls.server.scheme()),
+        "admin_token_file": token_file,
+    });
     // A run that was cut short (a crash, a restart) goes on from its last checkpoint.
     domicile_control::migration::api::resume(&state)
         .await
@@ -53,7 +68,7 @@ pub async fn control(args: ControlArgs) -> Result<()> {
     println!("{ready}");
     tracing::info!(%addr, "control plane serving");
     let closing = state.clone();
-    domicile_control::serve(listener, state, async move {
+    domicile_control::serve(listener, state, &tls.server, async move {
         shutdown_signal().await;
         closing.close();
     })
@@ -74,9 +89,12 @@ pub struct GatewayArgs {
     /// Milliseconds a call is held while its range is cut over, before 503.
     #[arg(long, default_value_t = 2000)]
     hold_ms: u64,
+    #[command(flatten)]
+    tls: crate::certs::TlsArgs,
 }
 
 pub async fn gateway(args: GatewayArgs) -> Result<()> {
+    let tls = args.tls.load(domicile_tls::Role::Gateway)?;
     if let Some(parent) = args.key_file.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
     }
@@ -85,7 +103,7 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
         hold: Duration::from_millis(args.hold_ms),
         ..GatewayConfig::default()
     };
-    let state = GatewayState::start(&args.control, tokens, config)
+    let state = GatewayState::start(&args.control, tokens, config, &tls.client)
         .await
         .context("fetch the routing table")?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -94,9 +112,10 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     let addr = listener.local_addr()?;
     println!(
         "{}",
-        serde_json::json!({ "gateway": format!("http://{addr}") })
+        serde_json::json!({ "gateway": format!("{}://{addr}", tls.server.scheme()) })
     );
     tracing::info!(%addr, "gateway serving");
-    domicile_http::serve(listener, domicile_gateway::router(state), shutdown_signal()).await?;
+    let router = domicile_gateway::router(state);
+    domicile_http::serve(listener, router, &tls.server, shutdown_signal()).await?;
     Ok(())
 }
