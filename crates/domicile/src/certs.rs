@@ -10,9 +10,7 @@ pub enum CertsCommand {
     /// Make a development CA and a certificate per role (control, gateway, region, client) in
     /// DIR: `ca.pem`, `ca.key` and `ROLE.pem`, `ROLE.key` (keys 0600), valid for localhost,
     /// 127.0.0.1 and ::1. Refuses a DIR that already holds a CA.
-    Init {
-        dir: PathBuf,
-    },
+    Init { dir: PathBuf },
 }
 
 pub fn run(cmd: CertsCommand) -> Result<()> {
@@ -36,7 +34,11 @@ pub fn run(cmd: CertsCommand) -> Result<()> {
 #[derive(Args)]
 pub struct TlsArgs {
     /// A `domicile certs init` folder: the cluster CA and this role's certificate and key.
-    #[arg(long, env = "DOMICILE_TLS_DIR", required_unless_present = "insecure_plaintext")]
+    #[arg(
+        long,
+        env = "DOMICILE_TLS_DIR",
+        required_unless_present = "insecure_plaintext"
+    )]
     tls_dir: Option<PathBuf>,
     /// Serve and call over plain HTTP: no encryption, and every peer counts as a cluster member.
     #[arg(long, conflicts_with = "tls_dir")]

@@ -47,7 +47,12 @@ pub async fn control(args: ControlArgs) -> Result<()> {
         .regions
         .iter()
         .filter(|r| !r.listen.is_empty())
-        .map(|r| (r.id.clone(), format!("{}://{}", tls.client.scheme(), r.listen)))
+        .map(|r| {
+            (
+                r.id.clone(),
+                format!("{}://{}", tls.client.scheme(), r.listen),
+            )
+        })
         .collect();
     let state = Arc::new(
         ControlState::open(Arc::new(store), &config, &urls, token)

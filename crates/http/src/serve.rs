@@ -7,8 +7,8 @@
 
 use crate::ApiError;
 use axum::Router;
-use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::Request;
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::serve::{IncomingStream, Listener};
@@ -85,7 +85,10 @@ fn no_delay(tcp: &TcpStream) {
 /// descriptors) waits a moment first, as axum's own listener does.
 async fn accept_error(e: std::io::Error) {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    if matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) {
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
         return;
     }
     tracing::error!(error = %e, "accept failed");

@@ -298,10 +298,7 @@ mod tests {
         }
         trust_ca(&dir.path().join(certs::CA_CERT)).expect("trust");
         // A second init would replace the CA under everyone's feet.
-        assert!(matches!(
-            certs::init(dir.path()),
-            Err(TlsError::Exists(_))
-        ));
+        assert!(matches!(certs::init(dir.path()), Err(TlsError::Exists(_))));
         assert!(!certs::ensure(dir.path()).expect("ensure"));
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join(certs::CA_KEY))
@@ -314,11 +311,15 @@ mod tests {
     #[test]
     fn a_missing_or_bad_file_is_named() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let e = RoleTls::load(dir.path(), Role::Region).err().expect("refused");
+        let e = RoleTls::load(dir.path(), Role::Region)
+            .err()
+            .expect("refused");
         assert!(e.to_string().contains("ca.pem"), "{e}");
         certs::init(dir.path()).expect("init");
         std::fs::write(certs::key_file(dir.path(), Role::Region), "not a key").expect("write");
-        let e = RoleTls::load(dir.path(), Role::Region).err().expect("refused");
+        let e = RoleTls::load(dir.path(), Role::Region)
+            .err()
+            .expect("refused");
         assert!(e.to_string().contains("region.key"), "{e}");
     }
 }
