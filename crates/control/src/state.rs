@@ -64,7 +64,8 @@ impl ControlState {
                         url: urls
                             .get(&r.id)
                             .cloned()
-                            .unwrap_or_else(|| format!("http://{}", r.listen)),
+                            // Nodes serve TLS unless told otherwise (decision 0007).
+                            .unwrap_or_else(|| format!("https://{}", r.listen)),
                     })
                     .collect(),
                 placement: cluster.placement.clone(),

@@ -42,18 +42,18 @@ pub async fn control(args: ControlArgs) -> Result<()> {
     let token = secret_file(&token_file, domicile_control::state::new_admin_token)?;
     let store = EmbeddedStore::open(&args.data_dir.join("store"), EmbeddedOptions::default())
         .context("open the control plane's store")?;
-    // Regions with a `listen` address in the config are reached there, by this cluster's scheme.
-    let urls: BTreeMap<_, _> = config
-        .regions
-        .iter()
-        .filter(|r| !r.listen.is_empty())
-        .map(|r| {
-            (
-                r.id.clone(),
-                format!("{}://{}", tls.client.scheme(), r.listen),
-            )
-        })
-        .collect();
+    // A new routing table reaches regions at their configured `listen` over https; over explicit
+    // plaintext, say http for those with a fixed port (the persisted table, and registrations
+    // with PUT /admin/regions, are kept otherwise).
+    let urls: BTreeMap<_, _> = match tls.client {
+        domicile_client::ClientTransport::Tls(_) => BTreeMap::new(),
+        domicile_client::ClientTransport::InsecurePlaintext => config
+            .regions
+            .iter()
+            .filter(|r| !r.listen.ends_with(":0"))
+            .map(|r| (r.id.clone(), format!("http://{}", r.listen)))
+            .collect(),
+    };
     let state = Arc::new(
         ControlState::open(Arc::new(store), &config, &urls, token)
             .await?

@@ -239,6 +239,15 @@ async fn every_adversarial_access_is_refused() {
         let r = outside.get(url).bearer_auth(t).send().await.unwrap();
         assert_eq!(r.text().await.unwrap(), "mine");
     }
+    // Servers offer HTTP/2 by ALPN.
+    let h2 = domicile_client::builder(
+        &domicile_tls::trust_ca(&ca).unwrap(),
+        domicile_client::Alpn::H2AndHttp1,
+    )
+    .build()
+    .unwrap();
+    let r = h2.get(format!("{gw}/healthz")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
     let r = outside
         .get(format!("{control}/admin/table"))
         .bearer_auth(admin.trim())

@@ -99,9 +99,10 @@ impl GatewayState {
         let (tx, rx) = watch::channel(Arc::new(table));
         let tx = Arc::new(tx);
         let watcher = tokio::spawn(control.clone().watch(tx.clone()));
-        // Region nodes speak HTTP/2 (ALPN) over mutual TLS; one pooled connection per node
-        // multiplexes every call.
-        let http = domicile_client::builder(transport, domicile_client::Alpn::H2AndHttp1)
+        // A pool of HTTP/1.1 keep-alive connections to each node, over mutual TLS: on loopback
+        // they beat one multiplexed HTTP/2 connection (decision 0004), so ALPN offers only
+        // `http/1.1`.
+        let http = domicile_client::builder(transport, domicile_client::Alpn::Http1)
             .pool_max_idle_per_host(1024)
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
