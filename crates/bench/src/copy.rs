@@ -116,6 +116,7 @@ async fn start(
     region: &str,
     store: &str,
     dir: &Path,
+    tls: &domicile_tls::ServerTransport,
     stop: &tokio::sync::watch::Sender<bool>,
 ) -> Result<(String, tokio::task::JoinHandle<()>), BenchError> {
     let mut config = domicile_core::reference::cluster_config();
@@ -125,13 +126,14 @@ async fn start(
     }
     let state = domicile_region::open(&config, &id, dir).await?;
     let node = BoundNode::bind(state, "127.0.0.1:0").await?;
-    let url = format!("http://{}", node.local_addr()?);
+    let url = format!("{}://{}", tls.scheme(), node.local_addr()?);
     let mut rx = stop.subscribe();
+    let tls = tls.clone();
     let served = tokio::spawn(async move {
         let stopped = async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        if let Err(e) = node.serve(stopped).await {
+        if let Err(e) = node.serve(&tls, stopped).await {
             eprintln!("region node: {e}");
         }
     });
@@ -156,10 +158,22 @@ pub async fn run_copy_bench(
             .map_err(|e: domicile_core::IdError| BenchError::Task(e.to_string()))?,
         buckets: domicile_core::BucketSet::from_ranges([domicile_core::BucketCount::DEFAULT.all()]),
     };
-    let http = domicile_client::http_client();
+    // Over mutual TLS, as a migration's mover calls region nodes.
+    let certs = dir.join("tls");
+    let tls_error = |e: domicile_tls::TlsError| BenchError::Task(e.to_string());
+    domicile_tls::certs::ensure(&certs).map_err(tls_error)?;
+    let server = domicile_tls::RoleTls::load(&certs, domicile_tls::Role::Region)
+        .map_err(tls_error)?
+        .server;
+    let client = domicile_tls::RoleTls::load(&certs, domicile_tls::Role::Client)
+        .map_err(tls_error)?
+        .client;
+    let http = domicile_client::http_client(&client);
     let (stop, _) = tokio::sync::watch::channel(false);
-    let (source_url, source_node) = start("cn-beijing", &source_store.spec, dir, &stop).await?;
-    let (target_url, target_node) = start("ap-mumbai", &target_store.spec, dir, &stop).await?;
+    let (source_url, source_node) =
+        start("cn-beijing", &source_store.spec, dir, &server, &stop).await?;
+    let (target_url, target_node) =
+        start("ap-mumbai", &target_store.spec, dir, &server, &stop).await?;
     let source = RegionClient::new(source_url, http.clone());
     let target = RegionClient::new(target_url, http);
     let mut start_at = 0;

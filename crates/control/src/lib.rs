@@ -3,6 +3,9 @@
 //! admin credential), the routing table's watch (`/internal/table`, long poll by version) and
 //! the ledger's event intake (`/internal/ledger/events`).
 //!
+//! Architecture Invariant: `/internal` answers only a peer whose connection presented a
+//! certificate from the cluster CA (the listener accepts connections without one for `/admin`).
+//!
 //! Architecture Invariant: every change is validated against the policy, pushed to the region
 //! nodes it concerns (release at the old owner before own at the new one), persisted, and only
 //! then published with a new table version. A change that fails half-way is retried with the
@@ -28,8 +31,13 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub fn router(state: Arc<ControlState>) -> Router {
-    Router::new()
+    let internal = Router::new()
         .route("/internal/table", get(table::watch))
+        .route_layer(axum::middleware::from_fn(
+            domicile_http::require_cluster_member,
+        ));
+    Router::new()
+        .merge(internal)
         .route("/admin/table", get(admin::table))
         .route("/admin/regions/{id}", put(admin::put_region))
         .route(
@@ -84,7 +92,8 @@ pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
 pub async fn serve(
     listener: TcpListener,
     state: Arc<ControlState>,
+    transport: &domicile_tls::ServerTransport,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    domicile_http::serve(listener, router(state), shutdown).await
+    domicile_http::serve(listener, router(state), transport, shutdown).await
 }

@@ -1,7 +1,7 @@
 //! The control plane's state: the routing table, persisted in its store, with a version watch.
 
 use bytes::Bytes;
-use domicile_client::http_client;
+use domicile_client::{ClientTransport, http_client};
 use domicile_core::{ClusterConfig, RegionId};
 use domicile_http::ApiError;
 use domicile_store::{RegionStore, StoreError};
@@ -66,7 +66,8 @@ impl ControlState {
                         url: urls
                             .get(&r.id)
                             .cloned()
-                            .unwrap_or_else(|| format!("http://{}", r.listen)),
+                            // Nodes serve TLS unless told otherwise (decision 0007).
+                            .unwrap_or_else(|| format!("https://{}", r.listen)),
                     })
                     .collect(),
                 placement: cluster.placement.clone(),
@@ -80,7 +81,8 @@ impl ControlState {
             table: tx,
             changes: Mutex::new(()),
             admin_token,
-            http: http_client(),
+            // Plaintext until `with_transport` gives it the cluster's TLS.
+            http: http_client(&ClientTransport::InsecurePlaintext),
             admin_changes: AtomicU64::new(0),
             closing: watch::channel(false).0,
             ledger: Mutex::new(()),
@@ -106,6 +108,13 @@ impl ControlState {
     /// digits of BLAKE3 of the token): who did something, in the ledger.
     pub fn admin_credential_id(&self) -> String {
         blake3::hash(self.admin_token.as_bytes()).to_hex()[..16].to_string()
+    }
+
+    /// Calls region nodes with `transport` (mutual TLS with the control plane's certificate).
+    #[must_use]
+    pub fn with_transport(mut self, transport: &ClientTransport) -> Self {
+        self.http = http_client(transport);
+        self
     }
 
     pub fn table(&self) -> Arc<RoutingTable> {

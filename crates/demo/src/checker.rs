@@ -25,8 +25,10 @@ pub struct Checked {
     pub copies_left_behind: u64,
 }
 
+/// `http` reaches the gateway; `nodes` the region nodes (with a cluster certificate).
 pub async fn check(
     http: &reqwest::Client,
+    nodes: &reqwest::Client,
     gateway: &str,
     users: &[SeededUser],
     acked: &[AckedWrite],
@@ -61,7 +63,7 @@ pub async fn check(
         .iter()
         .map(|w| ((users[w.user].user.as_str(), w.key.as_str()), w))
         .collect();
-    let client = domicile_client::http_client();
+    let client = nodes;
     for region in &table.regions {
         let node = RegionClient::new(region.url.clone(), client.clone());
         let foreign: BTreeSet<_> = table

@@ -33,6 +33,9 @@ pub struct Source {
     /// The file holding the admin token.
     #[arg(long, env = "DOMICILE_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
+    /// The cluster CA to trust for an `https://` control plane (`ca_file` in the ready file).
+    #[arg(long, env = "DOMICILE_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -138,10 +141,11 @@ async fn load(source: &Source) -> Result<LedgerExport> {
         };
         let token = std::fs::read_to_string(token_file)
             .with_context(|| format!("read the admin token {}", token_file.display()))?;
+        let transport = crate::certs::outside_client(control, source.ca_file.as_deref())?;
         AdminClient::new(
             control.clone(),
             token.trim(),
-            domicile_client::http_client(),
+            domicile_client::http_client(&transport),
         )
         .ledger()
         .await

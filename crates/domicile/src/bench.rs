@@ -160,8 +160,9 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
     )
     .await?;
     let e = cluster.endpoints.clone();
-    let http = reqwest::Client::builder()
-        .tcp_nodelay(true)
+    // HTTP/1.1 connections (one per concurrent client) over TLS, with the cluster's `client`
+    // certificate, which region nodes require (the gateway asks for none).
+    let http = domicile_client::builder(&cluster.member, domicile_client::Alpn::Http1)
         .pool_max_idle_per_host(args.clients * 2)
         .build()?;
     let (user, token) = signup(&http, &e.gateway, "CN").await?;
@@ -285,7 +286,8 @@ async fn cutover(args: CutoverArgs) -> Result<()> {
     let admin = std::fs::read_to_string(&e.admin_token_file)?
         .trim()
         .to_string();
-    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let http = domicile_client::builder(&cluster.member, domicile_client::Alpn::Http1).build()?;
+    let nodes = domicile_client::http_client(&cluster.member);
     let mut users = Vec::new();
     for _ in 0..args.users {
         let (u, t) = signup(&http, &e.gateway, "HK").await?;
@@ -353,10 +355,7 @@ async fn cutover(args: CutoverArgs) -> Result<()> {
         })
         .collect();
 
-    let control = domicile_client::control::ControlClient::new(
-        e.control.clone(),
-        domicile_client::http_client(),
-    );
+    let control = domicile_client::control::ControlClient::new(e.control.clone(), nodes.clone());
     let service: domicile_core::ServiceName = "ecommerce".parse()?;
     let market: domicile_core::Market = "HK".parse()?;
     let mut windows = Vec::new();
@@ -393,8 +392,8 @@ async fn cutover(args: CutoverArgs) -> Result<()> {
         let url =
             |r: &domicile_core::RegionId| table.url_of(r).map(str::to_string).context("region url");
         let mover = domicile_migrate::Mover {
-            source: RegionClient::new(url(&spec.source)?, domicile_client::http_client()),
-            target: RegionClient::new(url(&spec.target)?, domicile_client::http_client()),
+            source: RegionClient::new(url(&spec.source)?, nodes.clone()),
+            target: RegionClient::new(url(&spec.target)?, nodes.clone()),
             scope: spec.scope(),
             buckets: table.buckets,
             blob_collections: domicile_migrate::blob_collections(

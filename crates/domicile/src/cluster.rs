@@ -1,6 +1,7 @@
 //! Starting every role in one process (`domicile up`, `domicile demo`): one region node per
 //! region (each with its own store folder and loopback listener), the control plane and the
-//! gateway — all real servers on real sockets, wired by the URLs they bound.
+//! gateway — all real servers on real sockets, wired by the URLs they bound, over TLS: the
+//! certificates are made in `DATA_DIR/tls` on first start (as `domicile certs init` would).
 
 use anyhow::{Context, Result};
 use domicile_control::ControlState;
@@ -9,6 +10,7 @@ use domicile_gateway::tokens::TokenIssuer;
 use domicile_gateway::{GatewayConfig, GatewayState};
 use domicile_region::BoundNode;
 use domicile_store::{EmbeddedOptions, EmbeddedStore};
+use domicile_tls::{ClientTransport, Role, RoleTls};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,10 +29,19 @@ pub struct Endpoints {
     pub admin_token_file: PathBuf,
     /// The ledger's public key (checkpoints are signed with its private half, `ledger.key`).
     pub ledger_public_key_file: PathBuf,
+    /// The cluster CA's certificate: what clients trust (`curl --cacert`).
+    pub ca_file: PathBuf,
+    /// The certificate folder (`domicile certs init` layout): `client.pem`/`client.key` reach
+    /// region nodes and `/internal` directly.
+    pub tls_dir: PathBuf,
 }
 
 pub struct Cluster {
     pub endpoints: Endpoints,
+    /// A client outside the cluster: trusts the CA, presents no certificate (the demo's users).
+    pub outside: ClientTransport,
+    /// A tool inside the cluster: presents the `client` certificate (reaches region nodes).
+    pub member: ClientTransport,
     control: Arc<ControlState>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<Result<()>>,
@@ -72,6 +83,16 @@ impl Cluster {
     ) -> Result<Cluster> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("create {}", data_dir.display()))?;
+        let tls_dir = data_dir.join("tls");
+        if domicile_tls::certs::ensure(&tls_dir)? {
+            tracing::info!(dir = %tls_dir.display(), "made the cluster CA and certificates");
+        }
+        let tls = |role| RoleTls::load(&tls_dir, role);
+        let (region_tls, control_tls, gateway_tls) =
+            (tls(Role::Region)?, tls(Role::Control)?, tls(Role::Gateway)?);
+        let member = tls(Role::Client)?.client;
+        let ca_file = tls_dir.join(domicile_tls::certs::CA_CERT);
+        let outside = domicile_tls::trust_ca(&ca_file)?;
         let (stop, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
@@ -83,7 +104,7 @@ impl Cluster {
                 .await
                 .with_context(|| format!("open region {}", region.id))?;
             let node = BoundNode::bind(state, "127.0.0.1:0").await?;
-            urls.insert(region.id.clone(), format!("http://{}", node.local_addr()?));
+            urls.insert(region.id.clone(), format!("https://{}", node.local_addr()?));
             bound.push(node);
         }
 
@@ -97,14 +118,16 @@ impl Cluster {
         let control = Arc::new(
             ControlState::open(Arc::new(control_store), config, &urls, admin_token.clone())
                 .await?
-                .with_ledger_key(ledger_key),
+                .with_ledger_key(ledger_key)
+                .with_transport(&control_tls.client),
         );
         let (listener, control_addr) = domicile_control::bind("127.0.0.1:0").await?;
-        let control_url = format!("http://{control_addr}");
+        let control_url = format!("https://{control_addr}");
         let rx = stop.subscribe();
         let served = control.clone();
+        let transport = control_tls.server.clone();
         tasks.spawn(async move {
-            domicile_control::serve(listener, served, stopped(rx))
+            domicile_control::serve(listener, served, &transport, stopped(rx))
                 .await
                 .context("control plane")
         });
@@ -113,12 +136,13 @@ impl Cluster {
             let state = node.state();
             let client = domicile_client::control::ControlClient::new(
                 control_url.clone(),
-                domicile_client::http_client(),
+                domicile_client::http_client(&region_tls.client),
             );
             let follower = tokio::spawn(domicile_region::follow_policy(state, client));
             let rx = stop.subscribe();
+            let transport = region_tls.server.clone();
             tasks.spawn(async move {
-                let result = node.serve(stopped(rx)).await;
+                let result = node.serve(&transport, stopped(rx)).await;
                 follower.abort();
                 result.context("region node")
             });
@@ -132,14 +156,22 @@ impl Cluster {
             &data_dir.join("gateway.key"),
             Duration::from_secs(24 * 3600),
         )?;
-        let gateway = GatewayState::start(&control_url, tokens, GatewayConfig::default()).await?;
+        let gateway = GatewayState::start(
+            &control_url,
+            tokens,
+            GatewayConfig::default(),
+            &gateway_tls.client,
+        )
+        .await?;
         let listener = tokio::net::TcpListener::bind(gateway_listen)
             .await
             .with_context(|| format!("listen on {gateway_listen}"))?;
-        let gateway_url = format!("http://{}", listener.local_addr()?);
+        let gateway_url = format!("https://{}", listener.local_addr()?);
         let rx = stop.subscribe();
+        let transport = gateway_tls.server;
         tasks.spawn(async move {
-            domicile_http::serve(listener, domicile_gateway::router(gateway), stopped(rx))
+            let router = domicile_gateway::router(gateway);
+            domicile_http::serve(listener, router, &transport, stopped(rx))
                 .await
                 .context("gateway")
         });
@@ -151,7 +183,11 @@ impl Cluster {
                 regions: urls,
                 admin_token_file,
                 ledger_public_key_file,
+                ca_file,
+                tls_dir,
             },
+            outside,
+            member,
             control,
             stop,
             tasks,

@@ -96,14 +96,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "domicile demo: 5 regions, control plane and gateway up at {}",
         e.gateway
     );
-    // Clients speak HTTP/1.1 with keep-alive, one pooled connection per concurrent client.
-    let http = reqwest::Client::builder()
-        .tcp_nodelay(true)
+    // Clients speak HTTP/1.1 with keep-alive over TLS, one pooled connection per concurrent
+    // client; they trust the cluster CA like any app would.
+    let http = domicile_client::builder(&cluster.outside, domicile_client::Alpn::Http1)
         .pool_max_idle_per_host(256)
         .build()
         .context("build the HTTP client")?;
-    let control = ControlClient::new(e.control.clone(), domicile_client::http_client());
-    let outcome = workload(&http, &control, e, &options, &args, started).await;
+    // The routing table and the final check read the cluster from inside (client certificate).
+    let nodes = domicile_client::http_client(&cluster.member);
+    let control = ControlClient::new(e.control.clone(), nodes.clone());
+    let outcome = workload(&http, &nodes, &control, e, &options, &args, started).await;
     // Stop every server before the temporary data dir goes, whatever the workload did.
     cluster.shutdown().await?;
     drop(temp);
@@ -112,6 +114,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
 async fn workload(
     http: &reqwest::Client,
+    nodes: &reqwest::Client,
     control: &ControlClient,
     e: &crate::cluster::Endpoints,
     options: &DemoOptions,
@@ -206,7 +209,7 @@ async fn workload(
         }
     }
     let final_table = control.current().await?;
-    let checked = checker::check(&http, &e.gateway, &users, &acked, &final_table).await?;
+    let checked = checker::check(&http, nodes, &e.gateway, &users, &acked, &final_table).await?;
     report.acknowledged_writes = checked.writes;
     report.copies_left_behind = checked.copies_left_behind;
     if let Some(m) = &migrated {

@@ -3,6 +3,7 @@
 
 mod audit;
 mod bench;
+mod certs;
 mod cluster;
 mod demo;
 mod latency;
@@ -54,6 +55,9 @@ enum Command {
     /// Run a benchmark and print its figures as JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Certificates: `init DIR` makes a development CA and a certificate per role.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
 }
 
 /// The cluster config a `--config` option names, or the built-in reference cluster; with the
@@ -93,7 +97,8 @@ fn main() {
         | Command::Bench(_)
         | Command::Latency(_)
         | Command::Migrate(_)
-        | Command::Audit(_) => "warn",
+        | Command::Audit(_)
+        | Command::Certs(_) => "warn",
         _ => "info,fjall=warn,lsm_tree=warn",
     });
     let result: Result<()> = (|| {
@@ -111,6 +116,7 @@ fn main() {
                 Command::Migrate(cmd) => migrate_cmd::run(cmd).await,
                 Command::Audit(cmd) => audit::run(cmd).await,
                 Command::Bench(cmd) => bench::run(cmd).await,
+                Command::Certs(cmd) => certs::run(cmd),
             }
         })
     })();

@@ -40,6 +40,9 @@ pub struct ControlArgs {
     /// The file holding the admin token (`admin_token_file` in the ready file).
     #[arg(long, env = "DOMICILE_ADMIN_TOKEN_FILE")]
     admin_token_file: PathBuf,
+    /// The cluster CA to trust for an `https://` control plane (`ca_file` in the ready file).
+    #[arg(long, env = "DOMICILE_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -118,10 +121,11 @@ fn out(text: &str) -> Result<()> {
 fn admin(args: &ControlArgs) -> Result<AdminClient> {
     let token = std::fs::read_to_string(&args.admin_token_file)
         .with_context(|| format!("read the admin token {}", args.admin_token_file.display()))?;
+    let transport = crate::certs::outside_client(&args.control, args.ca_file.as_deref())?;
     Ok(AdminClient::new(
         args.control.clone(),
         token.trim(),
-        domicile_client::http_client(),
+        domicile_client::http_client(&transport),
     ))
 }
 

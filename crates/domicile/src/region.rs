@@ -24,6 +24,8 @@ pub struct RegionArgs {
     /// as one line on stdout).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: crate::certs::TlsArgs,
 }
 
 /// Reads and validates a cluster config; returns it with the folder its paths are relative to.
@@ -38,6 +40,7 @@ pub fn load_config(path: &std::path::Path) -> Result<(ClusterConfig, PathBuf)> {
 
 pub async fn run(args: RegionArgs) -> Result<()> {
     let (cluster, base) = load_config(&args.config)?;
+    let tls = args.tls.load(domicile_tls::Role::Region)?;
     let region = RegionId::new(args.region.as_str()).context("parse --region")?;
     let listen = match &args.listen {
         Some(l) => l.clone(),
@@ -50,7 +53,7 @@ pub async fn run(args: RegionArgs) -> Result<()> {
         .await
         .with_context(|| format!("open region {region}"))?;
     let node = BoundNode::bind(state, &listen).await?;
-    let url = format!("http://{}", node.local_addr()?);
+    let url = format!("{}://{}", tls.server.scheme(), node.local_addr()?);
     let ready = serde_json::json!({ "region": region, "url": url });
     if let Some(path) = &args.ready_file {
         std::fs::write(path, serde_json::to_vec_pretty(&ready)?)
@@ -59,11 +62,13 @@ pub async fn run(args: RegionArgs) -> Result<()> {
     println!("{ready}");
     tracing::info!(%region, %url, "ready");
     let follower = args.control.clone().map(|control| {
-        let client =
-            domicile_client::control::ControlClient::new(control, domicile_client::http_client());
+        let client = domicile_client::control::ControlClient::new(
+            control,
+            domicile_client::http_client(&tls.client),
+        );
         tokio::spawn(domicile_region::follow_policy(node.state(), client))
     });
-    node.serve(shutdown_signal()).await?;
+    node.serve(&tls.server, shutdown_signal()).await?;
     if let Some(f) = follower {
         f.abort();
     }

@@ -26,10 +26,13 @@ pub struct ControlArgs {
     /// The admin credential's file (created with a random token if missing).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: crate::certs::TlsArgs,
 }
 
 pub async fn control(args: ControlArgs) -> Result<()> {
     let (config, _) = load_config(&args.config)?;
+    let tls = args.tls.load(domicile_tls::Role::Control)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
     let token_file = args
@@ -40,16 +43,29 @@ pub async fn control(args: ControlArgs) -> Result<()> {
     let store = EmbeddedStore::open(&args.data_dir.join("store"), EmbeddedOptions::default())
         .context("open the control plane's store")?;
     let (ledger_key, ledger_public_key_file) = ledger_key(&args.data_dir)?;
+    // A new routing table reaches regions at their configured `listen` over https; over explicit
+    // plaintext, say http for those with a fixed port (the persisted table, and registrations
+    // with PUT /admin/regions, are kept otherwise).
+    let urls: BTreeMap<_, _> = match tls.client {
+        domicile_client::ClientTransport::Tls(_) => BTreeMap::new(),
+        domicile_client::ClientTransport::InsecurePlaintext => config
+            .regions
+            .iter()
+            .filter(|r| !r.listen.ends_with(":0"))
+            .map(|r| (r.id.clone(), format!("http://{}", r.listen)))
+            .collect(),
+    };
     let state = Arc::new(
-        ControlState::open(Arc::new(store), &config, &BTreeMap::new(), token)
+        ControlState::open(Arc::new(store), &config, &urls, token)
             .await?
-            .with_ledger_key(ledger_key),
+            .with_ledger_key(ledger_key)
+            .with_transport(&tls.client),
     );
     let (listener, addr) = domicile_control::bind(&args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     let ready = serde_json::json!({
-        "control": format!("http://{addr}"),
+        "control": format!("{}://{addr}", tls.server.scheme()),
         "admin_token_file": token_file,
         "ledger_public_key_file": ledger_public_key_file,
     });
@@ -60,7 +76,7 @@ pub async fn control(args: ControlArgs) -> Result<()> {
     println!("{ready}");
     tracing::info!(%addr, "control plane serving");
     let closing = state.clone();
-    domicile_control::serve(listener, state, async move {
+    domicile_control::serve(listener, state, &tls.server, async move {
         shutdown_signal().await;
         closing.close();
     })
@@ -90,9 +106,12 @@ pub struct GatewayArgs {
     /// Milliseconds a call is held while its range is cut over, before 503.
     #[arg(long, default_value_t = 2000)]
     hold_ms: u64,
+    #[command(flatten)]
+    tls: crate::certs::TlsArgs,
 }
 
 pub async fn gateway(args: GatewayArgs) -> Result<()> {
+    let tls = args.tls.load(domicile_tls::Role::Gateway)?;
     if let Some(parent) = args.key_file.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
     }
@@ -101,7 +120,7 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
         hold: Duration::from_millis(args.hold_ms),
         ..GatewayConfig::default()
     };
-    let state = GatewayState::start(&args.control, tokens, config)
+    let state = GatewayState::start(&args.control, tokens, config, &tls.client)
         .await
         .context("fetch the routing table")?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -110,9 +129,10 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     let addr = listener.local_addr()?;
     println!(
         "{}",
-        serde_json::json!({ "gateway": format!("http://{addr}") })
+        serde_json::json!({ "gateway": format!("{}://{addr}", tls.server.scheme()) })
     );
     tracing::info!(%addr, "gateway serving");
-    domicile_http::serve(listener, domicile_gateway::router(state), shutdown_signal()).await?;
+    let router = domicile_gateway::router(state);
+    domicile_http::serve(listener, router, &tls.server, shutdown_signal()).await?;
     Ok(())
 }

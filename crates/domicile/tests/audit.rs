@@ -3,7 +3,7 @@
 //! the export against the pinned public key, and detects every way of tampering with it —
 //! naming the first bad entry.
 
-use super::cluster_processes::{Process, spawn, url};
+use super::cluster_processes::{Process, certs, member_client, spawn, url};
 use domicile_client::control::ControlClient;
 use domicile_control::ledger::{
     GENESIS, LedgerEntry, LedgerExport, LedgerKey, checkpoint_entry, hash_of, kind, seal,
@@ -17,10 +17,17 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// A control plane over TLS with the test's certificates (`dir/tls`, made once).
 fn start_control(dir: &Path) -> Process {
     let data = dir.join("control").display().to_string();
+    let tls = dir.join("tls");
+    if !tls.exists() {
+        certs(dir);
+    }
     spawn(&[
         "control",
+        "--tls-dir",
+        &tls.display().to_string(),
         "--config",
         concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -129,7 +136,8 @@ async fn audit_verify_detects_every_kind_of_tampering_and_names_the_first_bad_en
     let pinned = PathBuf::from(control.ready["ledger_public_key_file"].as_str().unwrap());
     let pinned_text = std::fs::read_to_string(&pinned).unwrap();
     let admin = std::fs::read_to_string(&token_file).unwrap();
-    let http = reqwest::Client::new();
+    let http = member_client(&dir.path().join("tls"));
+    let ca = dir.path().join("tls/ca.pem").display().to_string();
     let client = ControlClient::new(base.clone(), http.clone());
 
     // Events as the gateway and region nodes will record them; a retry is not appended twice.
@@ -208,6 +216,8 @@ async fn audit_verify_detects_every_kind_of_tampering_and_names_the_first_bad_en
         "audit",
         "show",
         "--json",
+        "--ca-file",
+        &ca,
         "--control",
         &base,
         "--admin-token-file",
@@ -242,6 +252,8 @@ async fn audit_verify_detects_every_kind_of_tampering_and_names_the_first_bad_en
     let online = cli(&[
         "audit",
         "verify",
+        "--ca-file",
+        &ca,
         "--control",
         &base,
         "--admin-token-file",
@@ -252,6 +264,8 @@ async fn audit_verify_detects_every_kind_of_tampering_and_names_the_first_bad_en
     let shown = cli(&[
         "audit",
         "show",
+        "--ca-file",
+        &ca,
         "--control",
         &base,
         "--admin-token-file",
@@ -272,6 +286,8 @@ async fn audit_verify_detects_every_kind_of_tampering_and_names_the_first_bad_en
     let after = cli(&[
         "audit",
         "verify",
+        "--ca-file",
+        &ca,
         "--control",
         &url(&control, "control"),
         "--admin-token-file",

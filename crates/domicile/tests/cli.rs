@@ -16,6 +16,7 @@ fn every_subcommand_has_help() {
         &["region", "--help"],
         &["bench", "--help"],
         &["bench", "store", "--help"],
+        &["certs", "init", "--help"],
     ] {
         let out = domicile(args);
         assert!(out.status.success(), "{args:?}");
@@ -36,6 +37,35 @@ fn bad_input_is_one_line_and_a_non_zero_exit() {
     );
     std::fs::write(&forbidden, text).unwrap();
     let missing = dir.path().join("missing.toml");
+    let tls = dir.path().join("tls");
+    let made = domicile(&["certs", "init", &tls.display().to_string()]);
+    assert!(made.status.success(), "{made:?}");
+    let bad_tls = dir.path().join("bad-tls");
+    assert!(
+        domicile(&["certs", "init", &bad_tls.display().to_string()])
+            .status
+            .success()
+    );
+    std::fs::write(bad_tls.join("region.key"), "not a key").unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, domicile_core::reference::CLUSTER_TOML).unwrap();
+    let token = dir.path().join("admin.token");
+    std::fs::write(&token, "t").unwrap();
+    let region_with = |tls: &std::path::Path| -> Vec<String> {
+        [
+            "region",
+            "--config",
+            &good.display().to_string(),
+            "--region",
+            "us-west",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-dir",
+            &tls.display().to_string(),
+        ]
+        .map(str::to_string)
+        .to_vec()
+    };
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec![
@@ -44,6 +74,8 @@ fn bad_input_is_one_line_and_a_non_zero_exit() {
                 missing.display().to_string(),
                 "--region".into(),
                 "us-west".into(),
+                "--tls-dir".into(),
+                tls.display().to_string(),
             ],
             "read config",
         ),
@@ -54,6 +86,8 @@ fn bad_input_is_one_line_and_a_non_zero_exit() {
                 bad_toml.display().to_string(),
                 "--region".into(),
                 "us-west".into(),
+                "--tls-dir".into(),
+                tls.display().to_string(),
             ],
             "config is not valid",
         ),
@@ -64,6 +98,8 @@ fn bad_input_is_one_line_and_a_non_zero_exit() {
                 forbidden.display().to_string(),
                 "--region".into(),
                 "us-west".into(),
+                "--tls-dir".into(),
+                tls.display().to_string(),
             ],
             "forbids",
         ),
@@ -75,6 +111,31 @@ fn bad_input_is_one_line_and_a_non_zero_exit() {
                 "0".into(),
             ],
             "--records must be at least 1",
+        ),
+        // A missing or bad certificate file is named.
+        (
+            region_with(&dir.path().join("no-such-dir")),
+            "no-such-dir/ca.pem",
+        ),
+        (region_with(&bad_tls), "bad-tls/region.key"),
+        (
+            ["certs", "init", &tls.display().to_string()]
+                .map(str::to_string)
+                .to_vec(),
+            "already holds a CA",
+        ),
+        (
+            [
+                "migrate",
+                "status",
+                "--control",
+                "https://127.0.0.1:1",
+                "--admin-token-file",
+                &token.display().to_string(),
+            ]
+            .map(str::to_string)
+            .to_vec(),
+            "--ca-file",
         ),
     ];
     for (args, expected) in cases {

@@ -39,6 +39,27 @@ pub(crate) fn spawn(args: &[&str]) -> Process {
     Process { child, ready }
 }
 
+/// Makes a certificate folder with `domicile certs init DIR/tls` and returns it.
+pub(crate) fn certs(dir: &Path) -> std::path::PathBuf {
+    let tls = dir.join("tls");
+    let out = Command::new(env!("CARGO_BIN_EXE_domicile"))
+        .args(["certs", "init", &tls.display().to_string()])
+        .output()
+        .expect("run domicile certs init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tls
+}
+
+/// A client with the folder's `client` certificate: reaches every listener of the cluster.
+pub(crate) fn member_client(tls: &Path) -> reqwest::Client {
+    let role = domicile_tls::RoleTls::load(tls, domicile_tls::Role::Client).expect("client cert");
+    domicile_client::http_client(&role.client)
+}
+
 pub(crate) fn url(p: &Process, field: &str) -> String {
     p.ready[field]
         .as_str()
@@ -49,6 +70,7 @@ pub(crate) fn url(p: &Process, field: &str) -> String {
 struct Cluster {
     _dir: tempfile::TempDir,
     config: std::path::PathBuf,
+    tls: std::path::PathBuf,
     control: Process,
     regions: Vec<(String, Process)>,
     gateway: Process,
@@ -56,9 +78,11 @@ struct Cluster {
     http: reqwest::Client,
 }
 
-pub(crate) fn start_region(config: &Path, region: &str, control: &str) -> Process {
+pub(crate) fn start_region(config: &Path, region: &str, control: &str, tls: &Path) -> Process {
     spawn(&[
         "region",
+        "--tls-dir",
+        &tls.display().to_string(),
         "--config",
         &config.display().to_string(),
         "--region",
@@ -96,10 +120,12 @@ pub(crate) async fn register(
 }
 
 /// A gateway following `control`, its signing key kept in `dir`.
-pub(crate) fn start_gateway(dir: &Path, control: &str) -> Process {
+pub(crate) fn start_gateway(dir: &Path, control: &str, tls: &Path) -> Process {
     let key = dir.join("gateway.key").display().to_string();
     spawn(&[
         "gateway",
+        "--tls-dir",
+        &tls.display().to_string(),
         "--control",
         control,
         "--listen",
@@ -116,8 +142,11 @@ impl Cluster {
         std::fs::write(&config, domicile_core::reference::CLUSTER_TOML).unwrap();
         let c = config.display().to_string();
         let control_dir = dir.path().join("control").display().to_string();
+        let tls = certs(dir.path());
         let control = spawn(&[
             "control",
+            "--tls-dir",
+            &tls.display().to_string(),
             "--config",
             &c,
             "--data-dir",
@@ -128,19 +157,20 @@ impl Cluster {
         let control_url = url(&control, "control");
         let admin =
             std::fs::read_to_string(control.ready["admin_token_file"].as_str().unwrap()).unwrap();
-        let http = reqwest::Client::new();
+        let http = member_client(&tls);
         let mut regions = Vec::new();
         for region in ["cn-beijing", "us-west"] {
-            let p = start_region(&config, region, &control_url);
+            let p = start_region(&config, region, &control_url, &tls);
             regions.push((region.to_string(), p));
         }
         for (id, p) in &regions {
             register(&http, &control_url, &admin, id, p).await;
         }
-        let gateway = start_gateway(dir.path(), &control_url);
+        let gateway = start_gateway(dir.path(), &control_url, &tls);
         Cluster {
             _dir: dir,
             config,
+            tls,
             control,
             regions,
             gateway,
@@ -523,7 +553,7 @@ async fn a_region_restarted_under_load_loses_no_acknowledged_write() {
     // SIGKILL cn-beijing mid-load, restart it on the same store, tell the control plane.
     let control_url = url(&c.control, "control");
     drop(c.regions.remove(0));
-    let restarted = start_region(&c.config, "cn-beijing", &control_url);
+    let restarted = start_region(&c.config, "cn-beijing", &control_url, &c.tls);
     c.regions.insert(0, ("cn-beijing".into(), restarted));
     c.register(0).await;
     let resumed = c.lsn(0).await;

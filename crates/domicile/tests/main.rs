@@ -1,5 +1,6 @@
 //! End-to-end tests of the `domicile` binary: real processes on loopback, ports chosen by the OS.
 
+mod adversarial;
 mod audit;
 mod bench_postgres;
 mod cli;

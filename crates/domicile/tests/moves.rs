@@ -3,7 +3,9 @@
 //! rollback window; stale writes to a moved-away range; bad plan files refused with nothing
 //! moved.
 
-use super::cluster_processes::{Process, register, spawn, start_gateway, start_region, url};
+use super::cluster_processes::{
+    Process, certs, member_client, register, spawn, start_gateway, start_region, url,
+};
 use domicile_client::region::RegionClient;
 use domicile_core::BucketSet;
 use domicile_wire::api::ScopeRequest;
@@ -52,6 +54,7 @@ fn cutovers_under_writes_lose_and_fail_nothing() {
 struct Cluster {
     dir: tempfile::TempDir,
     config: String,
+    tls: std::path::PathBuf,
     control: Process,
     control_port: u16,
     regions: Vec<(String, Process)>,
@@ -71,7 +74,8 @@ impl Cluster {
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, config_toml).unwrap();
         let config = config.display().to_string();
-        let control = start_control(dir.path(), &config, 0);
+        let tls = certs(dir.path());
+        let control = start_control(dir.path(), &config, &tls, 0);
         let control_url = url(&control, "control");
         let control_port = control_url
             .rsplit(':')
@@ -80,17 +84,18 @@ impl Cluster {
             .unwrap();
         let admin =
             std::fs::read_to_string(control.ready["admin_token_file"].as_str().unwrap()).unwrap();
-        let http = reqwest::Client::new();
+        let http = member_client(&tls);
         let mut regions = Vec::new();
         for region in ["cn-beijing", "ap-singapore"] {
-            let p = start_region(std::path::Path::new(&config), region, &control_url);
+            let p = start_region(std::path::Path::new(&config), region, &control_url, &tls);
             register(&http, &control_url, &admin, region, &p).await;
             regions.push((region.to_string(), p));
         }
-        let gateway = start_gateway(dir.path(), &control_url);
+        let gateway = start_gateway(dir.path(), &control_url, &tls);
         Cluster {
             dir,
             config,
+            tls,
             control,
             control_port,
             regions,
@@ -101,7 +106,7 @@ impl Cluster {
     }
 
     fn control_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.control_port)
+        format!("https://127.0.0.1:{}", self.control_port)
     }
 
     fn gw(&self) -> String {
@@ -110,14 +115,14 @@ impl Cluster {
 
     fn region(&self, id: &str) -> RegionClient {
         let p = &self.regions.iter().find(|(r, _)| r == id).unwrap().1;
-        RegionClient::new(url(p, "url"), reqwest::Client::new())
+        RegionClient::new(url(p, "url"), self.http.clone())
     }
 
     /// SIGKILL, then start again on the same port (gateways and nodes keep its URL).
     fn kill_and_restart_control(&mut self) {
         self.control.child.kill().unwrap();
         self.control.child.wait().unwrap();
-        self.control = start_control(self.dir.path(), &self.config, self.control_port);
+        self.control = start_control(self.dir.path(), &self.config, &self.tls, self.control_port);
     }
 
     async fn signup(&self, market: &str) -> (String, String) {
@@ -170,10 +175,12 @@ impl Cluster {
     }
 }
 
-fn start_control(dir: &std::path::Path, config: &str, port: u16) -> Process {
+fn start_control(dir: &std::path::Path, config: &str, tls: &std::path::Path, port: u16) -> Process {
     let data = dir.join("control").display().to_string();
     spawn(&[
         "control",
+        "--tls-dir",
+        &tls.display().to_string(),
         "--config",
         config,
         "--data-dir",
@@ -443,7 +450,15 @@ async fn run_cli(c: &Cluster, args: &[&str]) -> std::process::Output {
     let token_file = c.dir.path().join("control").join("admin.token");
     let mut all = args.to_vec();
     let (control, token) = (c.control_url(), token_file.display().to_string());
-    all.extend(["--control", &control, "--admin-token-file", &token]);
+    let ca = c.tls.join("ca.pem").display().to_string();
+    all.extend([
+        "--control",
+        &control,
+        "--admin-token-file",
+        &token,
+        "--ca-file",
+        &ca,
+    ]);
     let all: Vec<String> = all.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_domicile"))

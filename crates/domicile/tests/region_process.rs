@@ -12,9 +12,12 @@ struct Running {
 
 /// Starts a region node and waits for the ready line it prints (no sleeps, no fixed ports).
 fn start(config: &Path, region: &str) -> Running {
+    let tls = config.with_file_name("tls");
     let mut child = Command::new(env!("CARGO_BIN_EXE_domicile"))
         .args([
             "region",
+            "--tls-dir",
+            &tls.display().to_string(),
             "--config",
             &config.display().to_string(),
             "--region",
@@ -55,7 +58,8 @@ async fn a_region_process_serves_and_keeps_data_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cluster.toml");
     std::fs::write(&config, domicile_core::reference::CLUSTER_TOML).unwrap();
-    let http = reqwest::Client::new();
+    let tls = super::cluster_processes::certs(dir.path());
+    let http = super::cluster_processes::member_client(&tls);
 
     let node = start(&config, "cn-beijing");
     let put = http

@@ -92,20 +92,21 @@ impl GatewayState {
         control_url: &str,
         tokens: TokenIssuer,
         config: GatewayConfig,
+        transport: &domicile_client::ClientTransport,
     ) -> Result<Arc<Self>, domicile_client::ClientError> {
-        let control = ControlClient::new(control_url, domicile_client::http_client());
+        let control = ControlClient::new(control_url, domicile_client::http_client(transport));
         let table = control.current().await?;
         let (tx, rx) = watch::channel(Arc::new(table));
         let tx = Arc::new(tx);
         let watcher = tokio::spawn(control.clone().watch(tx.clone()));
-        // Region nodes speak HTTP/2 over cleartext on loopback (h2c, prior knowledge); one
-        // pooled connection per node multiplexes every call.
-        let http = reqwest::Client::builder()
+        // A pool of HTTP/1.1 keep-alive connections to each node, over mutual TLS: on loopback
+        // they beat one multiplexed HTTP/2 connection (decision 0004), so ALPN offers only
+        // `http/1.1`.
+        let http = domicile_client::builder(transport, domicile_client::Alpn::Http1)
             .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .unwrap_or_else(|_| domicile_client::http_client(transport));
         Ok(Arc::new(Self {
             tokens,
             config,

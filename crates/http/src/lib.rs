@@ -9,4 +9,4 @@ pub mod request;
 pub mod serve;
 
 pub use error::ApiError;
-pub use serve::serve;
+pub use serve::{Peer, require_cluster_member, serve};

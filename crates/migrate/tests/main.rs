@@ -9,6 +9,19 @@ use domicile_store::{BlobStore, EmbeddedOptions, EmbeddedStore};
 use domicile_wire::api::ScopeRequest;
 use std::sync::Arc;
 
+/// The certificates of the test's cluster (made on first use, in `dir/tls`).
+fn tls(dir: &std::path::Path, role: domicile_tls::Role) -> domicile_tls::RoleTls {
+    let certs = dir.join("tls");
+    domicile_tls::certs::ensure(&certs).unwrap();
+    domicile_tls::RoleTls::load(&certs, role).unwrap()
+}
+
+/// A client of the test's region nodes: mutual TLS with the cluster's `client` certificate.
+fn cluster_client(dir: &std::path::Path) -> reqwest::Client {
+    domicile_client::http_client(&tls(dir, domicile_tls::Role::Client).client)
+}
+
+/// A region node serving over mutual TLS, as in a cluster.
 async fn node(region: &str, dir: &std::path::Path) -> (String, Arc<NodeState>) {
     let cluster = domicile_core::reference::cluster_config();
     let store = EmbeddedStore::open(&dir.join(region), EmbeddedOptions::default()).unwrap();
@@ -23,9 +36,10 @@ async fn node(region: &str, dir: &std::path::Path) -> (String, Arc<NodeState>) {
     .await
     .unwrap();
     let bound = BoundNode::bind(state, "127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", bound.local_addr().unwrap());
+    let url = format!("https://{}", bound.local_addr().unwrap());
     let state = bound.state();
-    tokio::spawn(bound.serve(std::future::pending()));
+    let transport = tls(dir, domicile_tls::Role::Region).server;
+    tokio::spawn(async move { bound.serve(&transport, std::future::pending()).await });
     (url, state)
 }
 
@@ -34,7 +48,7 @@ async fn a_scope_copied_under_writes_catches_up_and_verifies_equal() {
     let dir = tempfile::tempdir().unwrap();
     let (source_url, _) = node("cn-beijing", dir.path()).await;
     let (target_url, _) = node("ap-singapore", dir.path()).await;
-    let http = reqwest::Client::new();
+    let http = cluster_client(dir.path());
     let put = {
         let (http, source_url) = (http.clone(), source_url.clone());
         move |user: String, key: String, value: String| {
@@ -150,7 +164,7 @@ async fn photos_move_with_their_blobs_and_the_purged_source_loses_its_keys() {
     let dir = tempfile::tempdir().unwrap();
     let (source_url, source) = node("cn-beijing", dir.path()).await;
     let (target_url, _) = node("ap-singapore", dir.path()).await;
-    let http = reqwest::Client::new();
+    let http = cluster_client(dir.path());
     let photo = |u: usize| -> Vec<u8> {
         format!("photo-canary-{u}-")
             .bytes()
@@ -319,7 +333,7 @@ mod waves {
     ) -> (reqwest::Client, String, String, Mover, Hand, WaveSpec) {
         let (source_url, _) = node("cn-beijing", dir).await;
         let (target_url, _) = node("ap-singapore", dir).await;
-        let http = reqwest::Client::new();
+        let http = super::cluster_client(dir);
         for i in 0..200 {
             let r = http
                 .put(format!("{source_url}/v1/users/id{}/orders/o{i}", i % 20))

@@ -9,7 +9,7 @@
 //! met are printed (`--nocapture`), and the essential ones are asserted, so that a change to
 //! the strategy cannot quietly stop exercising them.
 
-use super::{hand_over, node};
+use super::{cluster_client, hand_over, node};
 use axum::http::StatusCode;
 use domicile_client::region::RegionClient;
 use domicile_core::{BucketCount, Epoch, RegionId};
@@ -218,7 +218,7 @@ impl Case {
         std::fs::create_dir_all(dir).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let (source_url, _) = node("cn-beijing", dir).await;
         let (target_url, _) = node("ap-singapore", dir).await;
-        let http = reqwest::Client::new();
+        let http = cluster_client(dir);
         let mut model = BTreeMap::new();
         for user in 0..SEEDED_USERS {
             for key in (0..KEYS).filter(|k| (user * 3 + k) % 4 == 0) {

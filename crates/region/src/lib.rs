@@ -195,12 +195,15 @@ impl BoundNode {
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight requests.
+    /// With TLS, every connection must present a certificate from the cluster CA: every caller
+    /// of a node (gateway, control plane, mover) is a cluster member.
     pub async fn serve(
         self,
+        transport: &domicile_tls::ServerTransport,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), NodeError> {
         tracing::info!(region = %self.state.region, addr = ?self.listener.local_addr().ok(), "region node serving");
-        domicile_http::serve(self.listener, router(self.state), shutdown)
+        domicile_http::serve(self.listener, router(self.state), transport, shutdown)
             .await
             .map_err(NodeError::Serve)
     }
