@@ -23,6 +23,10 @@ pub struct Checked {
     pub duplicates: BTreeMap<String, u64>,
     /// Records found in a region for a range it does not own.
     pub copies_left_behind: u64,
+    /// Seeded photos read back through the gateway.
+    pub photos: u64,
+    /// Seeded photos missing or different when read back (their blobs must move with them).
+    pub photos_lost: u64,
 }
 
 /// `http` reaches the gateway; `nodes` the region nodes (with a cluster certificate).
@@ -58,6 +62,27 @@ pub async fn check(
             *out.lost.entry(w.label.clone()).or_insert(0) += 1;
         }
     }
+    let mut photo_reads = futures::stream::iter(users.iter().filter(|u| u.photo.is_some()))
+        .map(|u| {
+            let request = http
+                .get(format!("{gateway}/v1/users/{}/photos/p-0001", u.user))
+                .bearer_auth(&u.token);
+            async move {
+                let found = match request.send().await {
+                    Ok(r) if r.status().is_success() => r.bytes().await.ok(),
+                    _ => None,
+                };
+                found.map(|b| blake3::hash(&b).to_hex().to_string()) == u.photo
+            }
+        })
+        .buffer_unordered(16);
+    while let Some(ok) = photo_reads.next().await {
+        out.photos += 1;
+        if !ok {
+            out.photos_lost += 1;
+        }
+    }
+    drop(photo_reads);
     // (user, key) of every acknowledged write, to recognise it in a scan.
     let wanted: BTreeMap<(&str, &str), &AckedWrite> = acked
         .iter()

@@ -3,6 +3,7 @@
 //! clients per market that add the modelled network delay of their market to every real request
 //! ([`traffic`]), and report per-market latency ([`report`]).
 
+pub mod canary;
 pub mod checker;
 pub mod claims;
 pub mod flash;

@@ -22,6 +22,9 @@ pub struct DemoOptions {
     /// The RNG seed: the same seed seeds the same users and records.
     pub seed: u64,
     pub progress: bool,
+    /// Planted in every seeded user's notes and photos, then searched for on disk
+    /// ([`crate::canary`]).
+    pub canary: String,
 }
 
 /// Default weights: roughly the reference phone maker's users by market.
@@ -39,6 +42,7 @@ impl Default for DemoOptions {
             seed_concurrency: 64,
             seed: 2014,
             progress: true,
+            canary: crate::canary::fresh(),
         }
     }
 }

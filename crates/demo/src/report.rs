@@ -63,12 +63,18 @@ pub struct Report {
     pub acknowledged_writes: u64,
     /// Records found in a region for a range it does not own (0: no copy left behind).
     pub copies_left_behind: u64,
+    /// Seeded photos read back at the end, and those missing or different.
+    pub photos_checked: u64,
+    pub photos_lost: u64,
     /// The transfer ledger verified as `domicile audit verify` does: the hash chain, and every
     /// checkpoint's Ed25519 signature against the control plane's public key, with every entry
     /// covered by a checkpoint.
     pub ledger_verified: bool,
     pub ledger_entries: u64,
     pub ledger_checkpoints: u64,
+    /// Occurrences of the run's canary (planted in every user's notes and photos) in any file
+    /// under the data directory after the run: 0 when everything at rest is encrypted.
+    pub plaintext_hits: u64,
 }
 
 impl Report {

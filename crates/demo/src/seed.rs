@@ -16,6 +16,8 @@ pub struct SeededUser {
     pub user: String,
     pub market: Market,
     pub token: String,
+    /// BLAKE3 (hex) of the user's photo, if they have one: read back after the run.
+    pub photo: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -126,10 +128,11 @@ async fn seed_user(
             "sign-up answered without user or token".into(),
         ));
     };
-    let u = SeededUser {
+    let mut u = SeededUser {
         user: user.to_string(),
         market,
         token: token.to_string(),
+        photo: None,
     };
     let j = "application/json";
     let records: Vec<(String, serde_json::Value)> = vec![
@@ -163,7 +166,7 @@ async fn seed_user(
         ),
         (
             "notes/n-0001".into(),
-            json!({ "text": "back up photos before the trip" }),
+            json!({ "text": format!("back up photos before the trip {}", o.canary) }),
         ),
     ];
     for (path, value) in &records {
@@ -186,8 +189,13 @@ async fn seed_user(
     if rng.random::<f64>() < o.photo_share {
         let mut photo = vec![0u8; rng.random_range(20 * 1024..=200 * 1024)];
         rng.fill_bytes(&mut photo);
+        // Every photo carries the canary, which must never reach a disk in plaintext.
+        let mark = o.canary.as_bytes();
+        photo[..mark.len()].copy_from_slice(mark);
         let size = photo.len() as u64;
+        let hash = blake3::hash(&photo).to_hex().to_string();
         put(http, gateway, &u, "photos/p-0001", photo, "image/jpeg").await?;
+        u.photo = Some(hash);
         counters.blobs.fetch_add(1, Ordering::Relaxed);
         counters.blob_bytes.fetch_add(size, Ordering::Relaxed);
     }

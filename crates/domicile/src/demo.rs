@@ -106,10 +106,15 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let nodes = domicile_client::http_client(&cluster.member);
     let control = ControlClient::new(e.control.clone(), nodes.clone());
     let outcome = workload(&http, &nodes, &control, e, &options, &args, started).await;
-    // Stop every server before the temporary data dir goes, whatever the workload did.
+    // Stop every server before the data dir is scanned (and the temporary one goes), whatever
+    // the workload did.
     cluster.shutdown().await?;
+    let mut report = outcome?;
+    report.plaintext_hits = domicile_demo::canary::plaintext_hits(&data_dir, &options.canary)
+        .with_context(|| format!("scan {} for the canary", data_dir.display()))?;
     drop(temp);
-    outcome
+    report.seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+    present(&report, &args)
 }
 
 async fn workload(
@@ -120,7 +125,7 @@ async fn workload(
     options: &DemoOptions,
     args: &DemoArgs,
     started: Instant,
-) -> Result<()> {
+) -> Result<Report> {
     let (http, control, options) = (http.clone(), control.clone(), options.clone());
 
     let seeded = domicile_demo::seed::seed(&http, &e.gateway, &options)
@@ -151,9 +156,12 @@ async fn workload(
         flash_sale: None,
         acknowledged_writes: 0,
         copies_left_behind: 0,
+        photos_checked: 0,
+        photos_lost: 0,
         ledger_verified: false,
         ledger_entries: 0,
         ledger_checkpoints: 0,
+        plaintext_hits: 0,
     };
     // The table as the control plane publishes it, for the clients' modelled delays.
     let first = Arc::new(control.current().await?);
@@ -212,6 +220,8 @@ async fn workload(
     let checked = checker::check(&http, nodes, &e.gateway, &users, &acked, &final_table).await?;
     report.acknowledged_writes = checked.writes;
     report.copies_left_behind = checked.copies_left_behind;
+    report.photos_checked = checked.photos;
+    report.photos_lost = checked.photos_lost;
     if let Some(m) = &migrated {
         for p in &m.status.phases {
             let count = |map: &BTreeMap<String, u64>| {
@@ -268,8 +278,11 @@ async fn workload(
         }
         report.ledger_entries = export.entries.len() as u64;
     }
-    report.seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+    Ok(report)
+}
 
+/// Prints the tables and the summary, and writes the JSON report.
+fn present(report: &Report, args: &DemoArgs) -> Result<()> {
     let mut labels = vec!["before".to_string()];
     labels.extend(report.phases.iter().map(|p| p.name.clone()));
     for label in &labels {
@@ -302,6 +315,16 @@ async fn workload(
             }
         );
     }
+    if report.photos_checked > 0 {
+        println!(
+            "photos read back at their final home: {} (lost or different: {})",
+            report.photos_checked, report.photos_lost
+        );
+    }
+    println!(
+        "encryption at rest: the run's canary (in every user's notes and photos) found {} times in the data dir's files",
+        report.plaintext_hits
+    );
     println!(
         "users {}  records {}  photos {}  client requests {}  client errors {}  total {:.1} s",
         report.users,
@@ -312,7 +335,7 @@ async fn workload(
         report.seconds
     );
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+        std::fs::write(path, serde_json::to_vec_pretty(report)?)
             .with_context(|| format!("write {}", path.display()))?;
     }
     Ok(())

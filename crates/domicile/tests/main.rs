@@ -5,5 +5,6 @@ mod audit;
 mod bench_postgres;
 mod cli;
 mod cluster_processes;
+mod demo_run;
 mod moves;
 mod region_process;
