@@ -199,10 +199,10 @@ impl Writer {
         for request in queued {
             match request {
                 Request::Grouped(g) => group.push(g),
-                Request::Purge { scope, reply } => {
+                Request::Purge { ranges, reply } => {
                     self.commit_group(std::mem::take(&mut group)).await;
                     let result = match self.usable() {
-                        Ok(()) => self.purge(scope).await,
+                        Ok(()) => self.purge(ranges).await,
                         Err(e) => Err(e),
                     };
                     let _ = reply.send(result);
@@ -472,11 +472,10 @@ impl Writer {
         tx.commit().await.map_err(|e| Failure::Unknown(pg_error(e)))
     }
 
-    async fn purge(&mut self, scope: Scope) -> Result<u64, StoreError> {
+    async fn purge(&mut self, ranges: Vec<(Vec<u8>, Vec<u8>)>) -> Result<u64, StoreError> {
         let tx = self.client.transaction().await.map_err(pg_error)?;
         let mut removed = 0u64;
-        for range in scope.buckets.ranges() {
-            let (start, end) = keys::bucket_range_bounds(&scope.service, scope.market, *range);
+        for (start, end) in ranges {
             removed += tx
                 .execute(&self.statements.purge_range, &[&start, &end])
                 .await
