@@ -11,7 +11,7 @@ use crate::error::StoreError;
 use crate::keys::{self, encode_change, encode_value, lsn_key};
 use crate::queue::{Grouped, KeyState, Reply, Request, clone_error, decide_batch, gather};
 use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, VersionedRecord};
-use domicile_core::{Hlc, Scope, Version};
+use domicile_core::{Hlc, Version};
 use fjall::{Database, Keyspace, PersistMode};
 use std::collections::HashMap;
 use std::sync::Arc;

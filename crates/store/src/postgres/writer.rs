@@ -16,7 +16,7 @@ use crate::keys;
 use crate::queue::{Grouped, KeyState, Reply, Request, clone_error, decide_batch, gather};
 use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, VersionedRecord};
 use bytes::Bytes;
-use domicile_core::{Hlc, Scope, Version};
+use domicile_core::{Hlc, Version};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
