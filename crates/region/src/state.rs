@@ -38,6 +38,8 @@ pub struct NodeState {
     /// check before the fence is already in the log — the cutover drain cannot miss one.
     pub ownership: RwLock<OwnershipTable>,
     pub metrics: Arc<NodeMetrics>,
+    /// Serializes a user's consent decisions with writes to their consent collections.
+    pub consent_locks: crate::consent::ConsentLocks,
 }
 
 impl NodeState {
@@ -66,6 +68,7 @@ impl NodeState {
             blobs,
             ownership: RwLock::new(ownership),
             metrics: Arc::new(NodeMetrics::new()),
+            consent_locks: crate::consent::ConsentLocks::default(),
         })
     }
 
