@@ -42,6 +42,15 @@ pub struct GatewayMetrics {
     pub latency: Histogram,
     pub retries: Counter,
     pub holds: Counter,
+    pub consent_changes: Family<ConsentLabels, Counter>,
+    pub exports: Counter,
+    pub erasures: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsentLabels {
+    /// `grant` or `revoke`.
+    pub change: String,
 }
 
 impl GatewayMetrics {
@@ -58,12 +67,28 @@ impl GatewayMetrics {
         );
         registry.register("retries", "Calls re-routed after a 421", retries.clone());
         registry.register("holds", "Calls held during a cutover", holds.clone());
+        let consent_changes = Family::<ConsentLabels, Counter>::default();
+        let (exports, erasures) = (Counter::default(), Counter::default());
+        registry.register(
+            "consent_changes",
+            "Consent grants and revocations recorded in every service of their purpose",
+            consent_changes.clone(),
+        );
+        registry.register("exports", "User exports started", exports.clone());
+        registry.register(
+            "erasures",
+            "User erasures completed in every region",
+            erasures.clone(),
+        );
         Self {
             registry,
             calls,
             latency,
             retries,
             holds,
+            consent_changes,
+            exports,
+            erasures,
         }
     }
 }
