@@ -3,5 +3,6 @@
 mod bench_postgres;
 mod cli;
 mod cluster_processes;
+mod consent;
 mod moves;
 mod region_process;
