@@ -1,10 +1,11 @@
-//! Consent, export and erasure end to end: a control plane, two region nodes and a gateway as
-//! real processes. A write to a consent collection without a grant is refused; a revocation
-//! erases the purpose's data; the export archive holds exactly the user's data from both
-//! regions; an erasure leaves nothing of the user readable in any region and another user's
-//! data untouched.
+//! Consent, export and erasure end to end: a control plane, every reference region node and a
+//! gateway as real processes. A write to a consent collection without a grant is refused; a
+//! revocation erases the purpose's data; the export archive holds exactly the user's data
+//! from two regions; an erasure leaves nothing of the user in any region (copies the owners do
+//! not own included) and another user's data untouched.
 
 use crate::cluster_processes::{Process, register, spawn, start_gateway, start_region, url};
+use domicile_store::VersionedRecord;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -24,7 +25,8 @@ struct User {
 }
 
 impl Cluster {
-    /// cn-beijing and us-west; SG's shop placed in us-west, so a user's data spans both.
+    /// Every reference region; SG's shop placed in us-west, the rest of SG's data in
+    /// cn-beijing, so a user's data spans two regions.
     async fn start() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("cluster.toml");
@@ -44,7 +46,13 @@ impl Cluster {
             std::fs::read_to_string(control.ready["admin_token_file"].as_str().unwrap()).unwrap();
         let http = reqwest::Client::new();
         let mut regions = Vec::new();
-        for region in ["cn-beijing", "us-west"] {
+        // Every region of the reference cluster runs: an erasure must reach each one.
+        for region in domicile_core::reference::cluster_config()
+            .regions
+            .iter()
+            .map(|r| r.id.to_string())
+        {
+            let region = region.as_str();
             let p = start_region(&config, region, &control_url);
             register(&http, &control_url, &admin, region, &p).await;
             regions.push((region.to_string(), p));
@@ -123,30 +131,45 @@ impl Cluster {
         r.json().await.unwrap()
     }
 
-    /// Every live record of `user` stored in any region, read straight from the stores
-    /// (internal snapshots of the user's bucket in every service), owned or not.
-    async fn stored_anywhere(&self, user: &str) -> Vec<String> {
+    /// The records (tombstones included) stored at region `i` in one service's scope of SG
+    /// for `user`'s bucket, read straight from its store (an internal snapshot), owned or not.
+    async fn stored(&self, i: usize, service: &str, user: &str) -> Vec<VersionedRecord> {
         let bucket = domicile_core::BucketCount::DEFAULT
             .bucket_of(&domicile_core::UserId::new(user).unwrap())
             .0;
+        let r = self
+            .http
+            .post(format!(
+                "{}/internal/snapshot",
+                url(&self.regions[i].1, "url")
+            ))
+            .json(&json!({ "service": service, "market": "SG", "buckets": bucket.to_string() }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let bytes = r.bytes().await.unwrap();
+        let (_, frames, _) = domicile_wire::frame::decode_all(&bytes).unwrap();
+        frames
+            .into_iter()
+            .filter_map(|f| match f {
+                domicile_wire::frame::Frame::Record(r)
+                    if r.address.collection.user.as_str() == user =>
+                {
+                    Some(r)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every live record of `user` stored in any region, owned or not.
+    async fn stored_anywhere(&self, user: &str) -> Vec<String> {
         let mut found = Vec::new();
-        for (region, p) in &self.regions {
+        for (i, (region, _)) in self.regions.iter().enumerate() {
             for service in ["account", "cloud", "ecommerce", "messaging"] {
-                let r = self
-                    .http
-                    .post(format!("{}/internal/snapshot", url(p, "url")))
-                    .json(&json!({ "service": service, "market": "SG", "buckets": bucket.to_string() }))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), StatusCode::OK);
-                let bytes = r.bytes().await.unwrap();
-                let (_, frames, _) = domicile_wire::frame::decode_all(&bytes).unwrap();
-                for f in frames {
-                    if let domicile_wire::frame::Frame::Record(r) = f
-                        && r.address.collection.user.as_str() == user
-                        && r.value.is_some()
-                    {
+                for r in self.stored(i, service, user).await {
+                    if r.value.is_some() {
                         found.push(format!(
                             "{region}: {service}/{}/{}",
                             r.address.collection.collection, r.address.key
@@ -156,6 +179,10 @@ impl Cluster {
             }
         }
         found
+    }
+
+    fn region_index(&self, id: &str) -> usize {
+        self.regions.iter().position(|(r, _)| r == id).unwrap()
     }
 }
 
@@ -339,7 +366,26 @@ async fn erasure_leaves_nothing_of_the_user_in_any_region_and_spares_others() {
     let (a, b) = (c.signup().await, c.signup().await);
     seed(&c, &a, "alice").await;
     seed(&c, &b, "canary").await;
-    assert_eq!(c.stored_anywhere(&a.id).await.len(), 8);
+    // Copies the owners do not own: SG's shop left behind in cn-beijing (as after a move, or
+    // during its reverse replication) and a stray copy in ap-singapore.
+    let shop = c
+        .stored(c.region_index("us-west"), "ecommerce", &a.id)
+        .await;
+    assert_eq!(shop.len(), 2);
+    let scope = domicile_wire::api::ScopeRequest {
+        service: "ecommerce".parse().unwrap(),
+        market: domicile_core::Market::new("SG").unwrap(),
+        buckets: domicile_core::BucketSet::default(),
+    };
+    for region in ["cn-beijing", "ap-singapore"] {
+        let node = domicile_client::region::RegionClient::new(
+            url(&c.regions[c.region_index(region)].1, "url"),
+            c.http.clone(),
+        );
+        let imported = node.import(&scope, &shop).await.unwrap();
+        assert_eq!(imported.applied, 2, "{region}");
+    }
+    assert_eq!(c.stored_anywhere(&a.id).await.len(), 12);
 
     // Another user's token cannot erase; the owner's can.
     let r = c
@@ -351,11 +397,12 @@ async fn erasure_leaves_nothing_of_the_user_in_any_region_and_spares_others() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = c.call(reqwest::Method::DELETE, &a, "", "").await;
-    assert_eq!(r.status(), StatusCode::OK);
+    let status = r.status();
     let summary: Value = r.json().await.unwrap();
-    assert_eq!(summary["records"], 8, "{summary}");
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    assert_eq!(summary["records"], 12, "{summary}");
     assert_eq!(summary["blobs"], 1, "{summary}");
-    assert_eq!(summary["regions"].as_array().unwrap().len(), 2, "{summary}");
+    assert_eq!(summary["regions"].as_array().unwrap().len(), 5, "{summary}");
 
     // Nothing of the user is readable anywhere: every path 404s through the gateway, and no
     // region's store holds a live record of theirs.
