@@ -225,7 +225,10 @@ mod tests {
         let shop = ServiceName::new("ecommerce").unwrap();
         assert!(schema.has_purpose("contacts-sync"));
         assert!(!schema.has_purpose("ads"));
-        assert_eq!(schema.services_of_purpose("contacts-sync"), [cloud.clone()]);
+        assert_eq!(
+            schema.services_of_purpose("contacts-sync"),
+            vec![cloud.clone()]
+        );
         assert_eq!(
             schema.collections_of_purpose(&cloud, "contacts-sync"),
             [(

@@ -100,7 +100,12 @@ async fn erase_scope(
             }
             records
         }
-        Err(e @ ApiError::Misdirected { code, .. }) if code == "range_fenced" => return Err(e),
+        Err(
+            e @ ApiError::Misdirected {
+                code: "range_fenced",
+                ..
+            },
+        ) => return Err(e),
         Err(ApiError::Misdirected { .. }) => {
             state
                 .store
