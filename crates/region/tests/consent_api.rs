@@ -423,3 +423,68 @@ async fn erase_waits_out_a_fenced_range() {
         .assert_error(StatusCode::MISDIRECTED_REQUEST, "range_fenced");
     assert_eq!(node.lsn(), lsn, "nothing logged after the fence");
 }
+
+#[tokio::test]
+async fn consent_records_move_with_their_services_data() {
+    let source = Node::start("cn-beijing").await;
+    let target = Node::start("ap-singapore").await;
+    grant(&source, "u1").await;
+    source
+        .data(Method::PUT, "/v1/users/u1/contacts/c-1", "MY", "mum")
+        .await;
+    // A move of cloud/MY by hand: snapshot, import, own at a newer epoch.
+    let snap = source
+        .send(
+            Method::POST,
+            "/internal/snapshot",
+            &[],
+            r#"{"service":"cloud","market":"MY","buckets":"0-1023"}"#,
+        )
+        .await;
+    let (_, records, _) = domicile_wire::frame::decode_all(&snap.body).unwrap();
+    let imported = target
+        .send(
+            Method::POST,
+            "/internal/import?service=cloud&market=MY",
+            &[],
+            crate::internal_api::import_body(&records),
+        )
+        .await;
+    assert_eq!(imported.status, StatusCode::OK, "{:?}", imported.body);
+    assert_eq!(
+        imported.json()["applied"],
+        2,
+        "the consent record and the contact"
+    );
+    target
+        .state
+        .change_ownership(
+            domicile_region::ownership::Change::Own,
+            &ServiceName::new("cloud").unwrap(),
+            Market::new("MY").unwrap(),
+            BucketRange::new(0, 1023).unwrap(),
+            Epoch(2),
+            None,
+        )
+        .await
+        .unwrap();
+    // The new owner checks the grant that moved with the data.
+    let ok = target
+        .data(Method::PUT, "/v1/users/u1/contacts/c-2", "MY", "dad")
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    target
+        .data(Method::PUT, "/v1/users/u2/contacts/c-1", "MY", "x")
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "consent_required");
+    let revoked = target
+        .data(
+            Method::DELETE,
+            "/v1/users/u1/consents/contacts-sync",
+            "MY",
+            "",
+        )
+        .await
+        .json();
+    assert_eq!(revoked["erased"]["records"], 2);
+}
