@@ -488,3 +488,52 @@ async fn consent_records_move_with_their_services_data() {
         .json();
     assert_eq!(revoked["erased"]["records"], 2);
 }
+
+/// Writes racing a revocation: whatever the interleaving, each write is either refused or
+/// erased by it — none survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_write_racing_a_revocation_survives_it() {
+    let node = std::sync::Arc::new(Node::start("cn-beijing").await);
+    grant(&node, "u1").await;
+    let writers: Vec<_> = (0..40)
+        .map(|i| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                node.data(
+                    Method::PUT,
+                    &format!("/v1/users/u1/contacts/c-{i}"),
+                    "MY",
+                    "x",
+                )
+                .await
+                .status
+            })
+        })
+        .collect();
+    let revoke = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            node.data(
+                Method::DELETE,
+                "/v1/users/u1/consents/contacts-sync",
+                "MY",
+                "",
+            )
+            .await
+            .status
+        })
+    };
+    assert_eq!(revoke.await.unwrap(), StatusCode::OK);
+    for w in writers {
+        let status = w.await.unwrap();
+        assert!(
+            status == StatusCode::OK || status == StatusCode::FORBIDDEN,
+            "{status}"
+        );
+    }
+    let list = node
+        .data(Method::GET, "/v1/users/u1/contacts", "MY", "")
+        .await
+        .json();
+    assert_eq!(list["items"], serde_json::json!([]), "{list}");
+}
