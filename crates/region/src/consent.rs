@@ -63,17 +63,15 @@ impl ConsentLocks {
     }
 }
 
-/// The address of `user`'s consent record for `purpose` in `of`'s service and market.
-fn record_address(of: &CollectionAddress, purpose: &str) -> Result<CollectionAddress, ApiError> {
-    // Checked by the caller against the schema, whose purposes follow the key rule.
-    request::key(purpose)?;
-    Ok(CollectionAddress {
+/// The user's consents collection in `of`'s service and market.
+fn consents_of(of: &CollectionAddress) -> CollectionAddress {
+    CollectionAddress {
         collection: consents_collection(),
         ..of.clone()
-    })
+    }
 }
 
-/// The consent record stored at `address`/`purpose`, with its version.
+/// The consent record for `purpose` in the consents collection `consents`, with its version.
 async fn stored(
     state: &NodeState,
     consents: &CollectionAddress,
@@ -98,8 +96,7 @@ pub(crate) async fn require_grant(
     c: &CollectionAddress,
     purpose: &str,
 ) -> Result<(), ApiError> {
-    let consents = record_address(c, purpose)?;
-    match stored(state, &consents, purpose).await? {
+    match stored(state, &consents_of(c), purpose).await? {
         Some((_, consent)) if consent.granted => Ok(()),
         _ => {
             state.metrics.consent_refusals.inc();
