@@ -21,5 +21,7 @@ pub use ids::{CollectionName, IdError, RecordKey, RegionId, ServiceName, UserId}
 pub use market::Market;
 pub use placement::{Placement, PlacementError, PlacementRange, Scope};
 pub use policy::{MarketPolicy, Policy, PolicyViolation, ServiceRule};
-pub use schema::{CollectionKind, CollectionSpec, Schema, SchemaError};
+pub use schema::{
+    CONSENTS_COLLECTION, CollectionKind, CollectionSpec, Schema, SchemaError, consents_collection,
+};
 pub use version::{Hlc, Version};

@@ -35,6 +35,13 @@ fn personal_default() -> bool {
     true
 }
 
+/// The reserved collection that holds a user's consent records inside every service with a
+/// consent purpose (key = purpose), so that they move with that service's data.
+pub const CONSENTS_COLLECTION: &str = "_consents";
+
+/// Collection names the API uses as path segments under `/v1/users/{user}/`.
+const RESERVED_NAMES: [&str; 2] = ["consents", "export"];
+
 /// The cluster's schema: collections by name. Parsed from TOML (`[collections.NAME]` tables).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +55,11 @@ pub enum SchemaError {
     Parse(String),
     #[error("schema declares no collections")]
     Empty,
+    #[error(
+        "collection name {0} is reserved (names starting with `_`, and `consents` and `export`, \
+         which are API paths)"
+    )]
+    Reserved(CollectionName),
     #[error(
         "consent purpose {purpose:?} of collection {collection} must be 1-64 characters of [a-z0-9-]"
     )]
@@ -70,6 +82,9 @@ impl Schema {
             return Err(SchemaError::Empty);
         }
         for (name, spec) in &self.collections {
+            if name.as_str().starts_with('_') || RESERVED_NAMES.contains(&name.as_str()) {
+                return Err(SchemaError::Reserved(name.clone()));
+            }
             if let Some(purpose) = &spec.consent
                 && ServiceName::new(purpose.clone()).is_err()
             {
@@ -109,6 +124,81 @@ impl Schema {
     }
 }
 
+/// The name of the reserved consents collection.
+pub fn consents_collection() -> CollectionName {
+    // A constant that satisfies the collection rule ([a-z0-9_-]).
+    CollectionName::new(CONSENTS_COLLECTION)
+        .unwrap_or_else(|_| unreachable!("{CONSENTS_COLLECTION} is a valid collection name"))
+}
+
+impl Schema {
+    /// Whether `purpose` is the consent purpose of any collection.
+    pub fn has_purpose(&self, purpose: &str) -> bool {
+        self.collections
+            .values()
+            .any(|c| c.consent.as_deref() == Some(purpose))
+    }
+
+    /// The services with a collection of consent purpose `purpose`, in name order.
+    pub fn services_of_purpose(&self, purpose: &str) -> Vec<ServiceName> {
+        let mut services: Vec<ServiceName> = self
+            .collections
+            .values()
+            .filter(|c| c.consent.as_deref() == Some(purpose))
+            .map(|c| c.service.clone())
+            .collect();
+        services.sort();
+        services.dedup();
+        services
+    }
+
+    /// The collections of `service` with consent purpose `purpose`, in name order.
+    pub fn collections_of_purpose(
+        &self,
+        service: &ServiceName,
+        purpose: &str,
+    ) -> Vec<(CollectionName, CollectionKind)> {
+        self.collections_of(service)
+            .filter(|(_, c)| c.consent.as_deref() == Some(purpose))
+            .map(|(n, c)| (n.clone(), c.kind))
+            .collect()
+    }
+
+    /// Whether `service` keeps consent records (it has a collection with a consent purpose).
+    pub fn keeps_consents(&self, service: &ServiceName) -> bool {
+        self.collections_of(service)
+            .any(|(_, c)| c.consent.is_some())
+    }
+
+    /// Every collection that holds `service`'s data in a store: its declared collections and,
+    /// if it keeps consent records, the reserved consents collection (records). Name order
+    /// (the reserved name sorts first).
+    pub fn stored_collections(
+        &self,
+        service: &ServiceName,
+    ) -> Vec<(CollectionName, CollectionKind)> {
+        let mut out = Vec::new();
+        if self.keeps_consents(service) {
+            out.push((consents_collection(), CollectionKind::Records));
+        }
+        out.extend(
+            self.collections_of(service)
+                .map(|(n, c)| (n.clone(), c.kind)),
+        );
+        out
+    }
+
+    /// Whether records of `collection` belong to `service` in a store (imports are checked
+    /// by this): a declared collection of the service, or its consents collection.
+    pub fn stores_in(&self, collection: &CollectionName, service: &ServiceName) -> bool {
+        if collection.as_str() == CONSENTS_COLLECTION {
+            return self.keeps_consents(service);
+        }
+        self.collection(collection)
+            .is_some_and(|c| &c.service == service)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +219,32 @@ mod tests {
     }
 
     #[test]
+    fn consent_records_live_in_the_service_of_their_purpose() {
+        let schema = crate::reference::schema();
+        let cloud = ServiceName::new("cloud").unwrap();
+        let shop = ServiceName::new("ecommerce").unwrap();
+        assert!(schema.has_purpose("contacts-sync"));
+        assert!(!schema.has_purpose("ads"));
+        assert_eq!(
+            schema.services_of_purpose("contacts-sync"),
+            vec![cloud.clone()]
+        );
+        assert_eq!(
+            schema.collections_of_purpose(&cloud, "contacts-sync"),
+            [(
+                CollectionName::new("contacts").unwrap(),
+                CollectionKind::Records
+            )]
+        );
+        let consents = consents_collection();
+        assert!(schema.stores_in(&consents, &cloud));
+        assert!(!schema.stores_in(&consents, &shop));
+        assert_eq!(schema.stored_collections(&cloud)[0].0, consents);
+        assert_eq!(schema.stored_collections(&cloud).len(), 4);
+        assert_eq!(schema.stored_collections(&shop).len(), 2);
+    }
+
+    #[test]
     fn bad_schemas_are_refused_with_a_reason() {
         assert!(matches!(
             Schema::from_toml("collections = {}"),
@@ -141,6 +257,13 @@ mod tests {
                 .to_string()
                 .contains("collection")
         );
+        for reserved in ["_consents", "consents", "export"] {
+            let text = format!("[collections.{reserved}]\nservice = \"shop\"\n");
+            assert!(
+                matches!(Schema::from_toml(&text), Err(SchemaError::Reserved(_))),
+                "{reserved}"
+            );
+        }
         let unknown = "[collections.orders]\nservice = \"shop\"\ncolour = 1\n";
         assert!(matches!(
             Schema::from_toml(unknown),

@@ -174,6 +174,18 @@ async fn seed_user(
     }
     let mut written = records.len() as u64;
     if rng.random::<f64>() < o.contacts_share {
+        // Contacts need the user's consent to `contacts-sync`: granted first, as an app would
+        // after showing its notice (a write without it is refused with 403 consent_required).
+        let notice = json!({ "notice_version": "demo-2026-01" });
+        put(
+            http,
+            gateway,
+            &u,
+            "consents/contacts-sync",
+            notice.to_string().into_bytes(),
+            j,
+        )
+        .await?;
         let contacts = json!([{ "name": "Mum", "phone": format!("+{}", rng.random_range(10_000_000u64..99_999_999)) }]);
         put(
             http,

@@ -5,6 +5,7 @@ mod audit;
 mod bench_postgres;
 mod cli;
 mod cluster_processes;
+mod consent;
 mod demo_run;
 mod moves;
 mod region_process;

@@ -8,19 +8,29 @@
 
 #![deny(clippy::unwrap_used)]
 
+pub mod consent;
+pub mod erasure;
+pub mod export;
 pub mod proxy;
 pub mod route;
 pub mod state;
 pub mod tokens;
 
 use axum::Router;
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post, put};
 pub use state::{GatewayConfig, GatewayState};
 use std::sync::Arc;
 
 pub fn router(state: Arc<GatewayState>) -> Router {
     Router::new()
         .route("/v1/signup", post(proxy::signup))
+        .route("/v1/users/{user}", delete(erasure::erase))
+        .route("/v1/users/{user}/export", get(export::export))
+        .route("/v1/users/{user}/consents", get(consent::list))
+        .route(
+            "/v1/users/{user}/consents/{purpose}",
+            put(consent::grant).delete(consent::revoke),
+        )
         .route("/v1/users/{user}/{collection}", get(proxy::list_call))
         .route(
             "/v1/users/{user}/{collection}/{key}",

@@ -1,7 +1,7 @@
 //! The gateway's public API: sign-up, and every data call authenticated, routed to the owning
 //! region, re-routed on 421 and held (bounded) during a cutover.
 
-use crate::route::{Route, resolve};
+use crate::route::{Route, resolve, resolve_service};
 use crate::state::{CallLabels, GatewayState};
 use crate::tokens::Identity;
 use axum::Json;
@@ -10,7 +10,7 @@ use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use domicile_core::{CollectionKind, Market, UserId};
+use domicile_core::{CollectionKind, Market, ServiceName, UserId};
 use domicile_http::{ApiError, request};
 use domicile_wire::api::{EPOCH_HEADER, ErrorBody, MARKET_HEADER};
 use futures::TryStreamExt;
@@ -65,7 +65,7 @@ pub async fn signup(
 }
 
 /// Checks the bearer token and that it is the path's user.
-fn authenticate(
+pub(crate) fn authenticate(
     state: &GatewayState,
     headers: &HeaderMap,
     user: &str,
@@ -90,7 +90,7 @@ fn authenticate(
 }
 
 /// A request body: buffered (retryable) or streamed (a blob: sent once).
-enum Payload {
+pub(crate) enum Payload {
     Buffered(Bytes),
     Streamed(Option<Body>),
 }
@@ -164,22 +164,37 @@ async fn route_and_forward(
         _ => Payload::Buffered(request::body(body, state.config.max_record_bytes).await?),
     };
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let response = forward_routed(
+        state,
+        &identity,
+        &first.service,
+        method,
+        path,
+        headers,
+        &mut payload,
+    )
+    .await?;
+    Ok(relay(response))
+}
+
+/// Forwards a call for `identity`'s data of `service` to its owner: re-routed after a 421,
+/// held (bounded) during a cutover. Returns the first answer that is not a 421.
+pub(crate) async fn forward_routed(
+    state: &GatewayState,
+    identity: &Identity,
+    service: &ServiceName,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    payload: &mut Payload,
+) -> Result<reqwest::Response, ApiError> {
     let deadline = tokio::time::Instant::now() + state.config.hold;
-    let mut route = first;
+    let mut route = resolve_service(&state.table(), &identity.user, identity.market, service)?;
     loop {
-        let outcome = forward(
-            state,
-            method,
-            path,
-            headers,
-            &identity,
-            &route,
-            &mut payload,
-        )
-        .await;
+        let outcome = forward(state, method, path, headers, identity, &route, payload).await;
         let retry = match outcome {
             Ok(response) if response.status() != StatusCode::MISDIRECTED_REQUEST => {
-                return Ok(relay(response));
+                return Ok(response);
             }
             Ok(response) => {
                 let text = response.text().await.unwrap_or_default();
@@ -229,7 +244,7 @@ async fn route_and_forward(
                 }
             }
         }
-        route = resolve(&state.table(), &identity.user, identity.market, &collection)?;
+        route = resolve_service(&state.table(), &identity.user, identity.market, service)?;
     }
 }
 
@@ -281,7 +296,7 @@ async fn forward(
     req.send().await
 }
 
-fn relay(response: reqwest::Response) -> Response {
+pub(crate) fn relay(response: reqwest::Response) -> Response {
     let status = response.status();
     let mut headers = HeaderMap::new();
     for name in RELAYED {

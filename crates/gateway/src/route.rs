@@ -29,14 +29,26 @@ pub fn resolve(
         .schema
         .collection(collection)
         .ok_or_else(|| ApiError::NotFound(format!("the schema has no collection {collection}")))?;
+    let mut route = resolve_service(table, user, market, &spec.service)?;
+    route.kind = spec.kind;
+    Ok(route)
+}
+
+/// The route of `user`'s data of `service` (consents, export pages); `kind` is `Records`.
+pub fn resolve_service(
+    table: &RoutingTable,
+    user: &UserId,
+    market: Market,
+    service: &ServiceName,
+) -> Result<Route, ApiError> {
     let bucket = table.buckets.bucket_of(user);
     let row = table
         .placement
-        .lookup(&spec.service, market, bucket)
+        .lookup(service, market, bucket)
         .ok_or_else(|| ApiError::RetryLater {
             message: format!(
-                "no placement for {}/{market} bucket {bucket} (routing table v{})",
-                spec.service, table.version
+                "no placement for {service}/{market} bucket {bucket} (routing table v{})",
+                table.version
             ),
             after_secs: 1,
         })?;
@@ -52,8 +64,8 @@ pub fn resolve(
             after_secs: 1,
         })?;
     Ok(Route {
-        service: spec.service.clone(),
-        kind: spec.kind,
+        service: service.clone(),
+        kind: CollectionKind::Records,
         bucket,
         region: row.region.clone(),
         url: endpoint.url.clone(),

@@ -42,6 +42,15 @@ pub struct GatewayMetrics {
     pub latency: Histogram,
     pub retries: Counter,
     pub holds: Counter,
+    pub consent_changes: Family<ConsentLabels, Counter>,
+    pub exports: Counter,
+    pub erasures: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsentLabels {
+    /// `grant` or `revoke`.
+    pub change: String,
 }
 
 impl GatewayMetrics {
@@ -58,12 +67,28 @@ impl GatewayMetrics {
         );
         registry.register("retries", "Calls re-routed after a 421", retries.clone());
         registry.register("holds", "Calls held during a cutover", holds.clone());
+        let consent_changes = Family::<ConsentLabels, Counter>::default();
+        let (exports, erasures) = (Counter::default(), Counter::default());
+        registry.register(
+            "consent_changes",
+            "Consent grants and revocations recorded in every service of their purpose",
+            consent_changes.clone(),
+        );
+        registry.register("exports", "User exports started", exports.clone());
+        registry.register(
+            "erasures",
+            "User erasures completed in every region",
+            erasures.clone(),
+        );
         Self {
             registry,
             calls,
             latency,
             retries,
             holds,
+            consent_changes,
+            exports,
+            erasures,
         }
     }
 }
@@ -121,6 +146,23 @@ impl GatewayState {
 
     pub fn table(&self) -> Arc<RoutingTable> {
         self.table.borrow().clone()
+    }
+
+    /// Records an erasure or a consent revocation in the control plane's transfer ledger.
+    /// The data is already gone when this is called; a failure says so, and a retry of the
+    /// (idempotent) call records it.
+    pub(crate) async fn record<B: domicile_wire::ledger::EventBody>(
+        &self,
+        id: String,
+        body: &B,
+    ) -> Result<u64, domicile_http::ApiError> {
+        let event = domicile_wire::ledger::LedgerEvent::new(id, body)
+            .map_err(|e| domicile_http::ApiError::Internal(format!("ledger event: {e}")))?;
+        self.control.record_ledger_event(&event).await.map_err(|e| {
+            domicile_http::ApiError::BadGateway(format!(
+                "done, but the ledger did not record it ({e}); retry the call to record it"
+            ))
+        })
     }
 
     /// Asks the control plane for a newer table now (after a 421); true if one arrived.

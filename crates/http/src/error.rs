@@ -29,6 +29,8 @@ pub enum ApiError {
     PayloadTooLarge {
         limit: u64,
     },
+    /// 403: the collection needs a consent purpose the user has not granted (or revoked).
+    ConsentRequired(String),
     /// 403: the policy does not allow this region to hold the data.
     ResidencyViolation(String),
     /// 421: this node does not own the range at the caller's epoch (or it is fenced).
@@ -73,6 +75,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::ResidencyViolation(_) => (StatusCode::FORBIDDEN, "residency_violation"),
+            ApiError::ConsentRequired(_) => (StatusCode::FORBIDDEN, "consent_required"),
             ApiError::Misdirected { code, .. } => (StatusCode::MISDIRECTED_REQUEST, code),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -102,6 +105,7 @@ impl ApiError {
             | ApiError::PreconditionFailed(message)
             | ApiError::Conflict(message)
             | ApiError::ResidencyViolation(message)
+            | ApiError::ConsentRequired(message)
             | ApiError::Unavailable(message) => message.clone(),
         }
     }
@@ -129,6 +133,10 @@ impl From<StoreError> for ApiError {
             }
             StoreError::NotFound { .. } => ApiError::NotFound("record not found".into()),
             StoreError::Poisoned | StoreError::Closed => ApiError::Unavailable(e.to_string()),
+            // Its data key was destroyed (erased, or moved away): the data is gone.
+            StoreError::Encryption(domicile_store::EncryptionError::KeyDestroyed(_)) => {
+                ApiError::NotFound("the record was erased".into())
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

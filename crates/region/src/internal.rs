@@ -199,8 +199,8 @@ pub async fn import(
                 ),
             ));
         }
-        let spec = state.schema.collection(&c.collection);
-        if spec.is_none_or(|s| s.service != q.service) {
+        // Declared collections of the service, and its consent records (`_consents`).
+        if !state.schema.stores_in(&c.collection, &q.service) {
             return Err(ApiError::bad(
                 "scope_mismatch",
                 format!("collection {} is not part of {}", c.collection, q.service),

@@ -1,7 +1,8 @@
 //! The region node: one region's store served over HTTP (axum).
 //!
-//! Public API under `/v1` (records and blobs of a user), internal API under `/internal`
-//! (snapshot and change streams, import, digests, ownership, purge), `/metrics` and `/healthz`.
+//! Public API under `/v1` (records and blobs of a user, consents, export pages), internal API
+//! under `/internal` (snapshot and change streams, import, digests, ownership, purge, erasure),
+//! `/metrics` and `/healthz`.
 //!
 //! Architecture Invariant: the node enforces, on every request, that it owns the range at the
 //! caller's epoch and that the policy allows the data in this region; it knows nothing of the
@@ -10,6 +11,9 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod blob_transfer;
+pub mod consent;
+pub mod erasure;
+pub mod export;
 pub mod internal;
 pub mod metrics;
 pub mod ownership;
@@ -20,7 +24,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use domicile_core::{ClusterConfig, RegionId};
 pub use domicile_http::ApiError;
 use domicile_store::{
@@ -100,6 +104,12 @@ pub async fn open_sealed(
 pub fn router(state: Arc<NodeState>) -> Router {
     let metrics = state.metrics.clone();
     Router::new()
+        .route("/v1/users/{user}/consents", get(consent::list))
+        .route(
+            "/v1/users/{user}/consents/{purpose}",
+            put(consent::grant).delete(consent::revoke),
+        )
+        .route("/v1/users/{user}/export", get(export::page))
         .route("/v1/users/{user}/{collection}", get(public::list))
         .route(
             "/v1/users/{user}/{collection}/{key}",
@@ -125,6 +135,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/internal/user-ownership", post(internal::user_ownership))
         .route("/internal/purge", post(internal::purge))
         .route("/internal/status", get(internal::status))
+        .route("/internal/users/{user}/erase", post(erasure::erase))
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })

@@ -33,6 +33,13 @@ pub struct NodeMetrics {
     pub records_purged: Counter,
     pub data_keys_destroyed: Counter,
     pub last_lsn: Gauge<u64, AtomicU64>,
+    pub consent_refusals: Counter,
+    pub consents_granted: Counter,
+    pub consents_revoked: Counter,
+    pub export_pages: Counter,
+    pub erasures: Counter,
+    pub records_erased: Counter,
+    pub blobs_erased: Counter,
 }
 
 impl NodeMetrics {
@@ -76,6 +83,44 @@ impl NodeMetrics {
             "The last durable change-log LSN",
             last_lsn.clone(),
         );
+        let consent_refusals = Counter::default();
+        let consents_granted = Counter::default();
+        let consents_revoked = Counter::default();
+        let export_pages = Counter::default();
+        let erasures = Counter::default();
+        let records_erased = Counter::default();
+        let blobs_erased = Counter::default();
+        for (name, help, counter) in [
+            (
+                "consent_refusals",
+                "Writes refused for want of a consent grant",
+                &consent_refusals,
+            ),
+            (
+                "consents_granted",
+                "Consent grants recorded",
+                &consents_granted,
+            ),
+            (
+                "consents_revoked",
+                "Consent revocations recorded (each erases the purpose's data)",
+                &consents_revoked,
+            ),
+            ("export_pages", "Export pages served", &export_pages),
+            ("erasures", "User erasures completed", &erasures),
+            (
+                "records_erased",
+                "Records removed by revocations and erasures",
+                &records_erased,
+            ),
+            (
+                "blobs_erased",
+                "Blobs removed by revocations and erasures",
+                &blobs_erased,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         Self {
             registry,
             requests,
@@ -84,6 +129,13 @@ impl NodeMetrics {
             records_purged,
             data_keys_destroyed,
             last_lsn,
+            consent_refusals,
+            consents_granted,
+            consents_revoked,
+            export_pages,
+            erasures,
+            records_erased,
+            blobs_erased,
         }
     }
 

@@ -25,6 +25,8 @@ const MAX_PAGE: usize = 1000;
 struct Target {
     collection: CollectionAddress,
     kind: CollectionKind,
+    /// The consent purpose a write here needs an active grant of.
+    consent: Option<String>,
     epoch: Option<Epoch>,
 }
 
@@ -48,6 +50,7 @@ impl Target {
         Ok(Self {
             collection,
             kind: spec.kind,
+            consent: spec.consent.clone(),
             epoch,
         })
     }
@@ -161,11 +164,22 @@ pub async fn put_record(
     }
 }
 
-/// One durable write under the ownership gate (see `NodeState::ownership`).
+/// One durable write under the ownership gate (see `NodeState::ownership`). A put to a
+/// collection with a consent purpose also checks the grant, holding the user's consent lock
+/// from the check to the commit (see `consent`); deletes need no grant.
 async fn write(state: &NodeState, t: &Target, mutation: Mutation) -> Result<Version, ApiError> {
     let c = &t.collection;
+    let _consent = match &t.consent {
+        Some(_) => Some(state.consent_locks.lock(&c.user).await),
+        None => None,
+    };
     let gate = state.ownership.read().await;
     gate.check_collection(c, t.epoch, true)?;
+    if let Some(purpose) = &t.consent
+        && matches!(mutation.op, MutationOp::Put(_))
+    {
+        crate::consent::require_grant(state, c, purpose).await?;
+    }
     let versions = state.store.write(vec![mutation]).await?;
     drop(gate);
     versions
@@ -182,7 +196,7 @@ async fn put_blob(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // Check ownership before streaming megabytes in; the write re-checks under the gate.
+    // Check ownership (and consent) before streaming megabytes in; the write re-checks both.
     {
         let c = &t.collection;
         state
@@ -190,6 +204,9 @@ async fn put_blob(
             .read()
             .await
             .check_collection(c, t.epoch, true)?;
+        if let Some(purpose) = &t.consent {
+            crate::consent::require_grant(state, c, purpose).await?;
+        }
     }
     let stream = body.into_data_stream().map_err(|e| e.to_string());
     let mut blob = state
@@ -228,7 +245,7 @@ async fn release_blob(state: &NodeState, owner: &CollectionAddress, meta: &[u8])
     }
 }
 
-async fn release_blob_hash(state: &NodeState, owner: &CollectionAddress, hash: &str) {
+pub(crate) async fn release_blob_hash(state: &NodeState, owner: &CollectionAddress, hash: &str) {
     match blob_referenced(state, owner, hash).await {
         Ok(false) => {
             if let Err(e) = state.blobs.delete(owner, hash).await {

@@ -41,6 +41,8 @@ pub struct NodeState {
     /// The region's data keys, when its data is encrypted at rest: purges and erasures destroy
     /// the keys of what they remove (crypto-shredding).
     pub data_keys: Option<Arc<DataKeys>>,
+    /// Serializes a user's consent decisions with writes to their consent collections.
+    pub consent_locks: crate::consent::ConsentLocks,
 }
 
 impl NodeState {
@@ -70,6 +72,7 @@ impl NodeState {
             ownership: RwLock::new(ownership),
             metrics: Arc::new(NodeMetrics::new()),
             data_keys: None,
+            consent_locks: crate::consent::ConsentLocks::default(),
         })
     }
 

@@ -24,7 +24,7 @@ async fn seed(node: &Node, users: u32) {
     }
 }
 
-fn import_body(frames: &[Frame]) -> Vec<u8> {
+pub(crate) fn import_body(frames: &[Frame]) -> Vec<u8> {
     let mut out = BytesMut::new();
     frame::encode_header(
         &mut out,

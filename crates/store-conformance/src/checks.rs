@@ -545,6 +545,58 @@ pub async fn purge_removes_exactly_the_scope(open: Open) {
     );
 }
 
+/// `purge_user` removes one user's records and tombstones of one service and market, unlogged,
+/// and nothing of anyone else: not a neighbour in the same bucket, not a user whose id starts
+/// with this one's, not the same user's other services.
+pub async fn purge_user_removes_exactly_one_user(open: Open) {
+    let (_dir, store) = fresh(open).await;
+    let b = Bucket(20);
+    let (u1, u2) = (user_in_bucket(b, "e"), user_in_bucket(b, "f"));
+    let longer = format!("{u1}0");
+    for user in [&u1, &u2, &longer] {
+        for i in 0..3 {
+            store
+                .write(vec![put(&order(user, &format!("k{i}")), "v")])
+                .await
+                .unwrap();
+        }
+        let profile =
+            collection("account", "IN", user, "profile").record(RecordKey::new("p").unwrap());
+        store.write(vec![put(&profile, "v")]).await.unwrap();
+    }
+    store.write(vec![delete(&order(&u1, "k0"))]).await.unwrap();
+    let lsn = store.last_lsn();
+    let user = domicile_core::UserId::new(u1.as_str()).unwrap();
+    let removed = store
+        .purge_user(&service("ecommerce"), market("IN"), &user, BUCKETS)
+        .await
+        .unwrap();
+    assert_eq!(removed, 3, "two live records and the tombstone");
+    assert_eq!(store.last_lsn(), lsn, "a purge is not logged");
+    let (_, left) = snapshot_all(store.as_ref(), &scope_of("ecommerce", "IN", [b])).await;
+    assert!(
+        left.iter()
+            .all(|r| r.address.collection.user.as_str() != u1),
+        "nothing of the user is left, tombstones included"
+    );
+    assert_eq!(left.len(), 3, "the neighbour's records stay");
+    for other in [&u2, &longer] {
+        assert!(store.get(&order(other, "k1")).await.unwrap().is_some());
+    }
+    let profile = collection("account", "IN", &u1, "profile").record(RecordKey::new("p").unwrap());
+    assert!(
+        store.get(&profile).await.unwrap().is_some(),
+        "other services stay"
+    );
+    assert_eq!(
+        store
+            .purge_user(&service("ecommerce"), market("IN"), &user, BUCKETS)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
 pub async fn writes_survive_a_reopen(open: Open) {
     let dir = tempfile::tempdir().unwrap();
     let a = order("frank", "o-1");

@@ -29,7 +29,7 @@ use crate::encryption::{BlobOpener, BlobSealer, DataKeys, EncryptionError};
 use crate::error::StoreError;
 use crate::record::CollectionAddress;
 use bytes::Bytes;
-use domicile_core::Scope;
+use domicile_core::{BucketCount, Market, Scope, ServiceName, UserId};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
@@ -430,17 +430,39 @@ impl BlobStore {
                 "blobs/{}/{}/{}",
                 scope.service, scope.market, bucket.0
             ));
-            let listing = self
-                .store
-                .list(Some(&prefix))
-                .map_ok(|meta| meta.location)
-                .boxed();
-            let mut deleted = self.store.delete_stream(listing);
-            while let Some(result) = deleted.next().await {
-                match result {
-                    Ok(_) | Err(object_store::Error::NotFound { .. }) => removed += 1,
-                    Err(e) => return Err(e.into()),
-                }
+            removed += self.delete_prefix(&prefix).await?;
+        }
+        Ok(removed)
+    }
+
+    /// Deletes every blob of one user in one service and market (every collection: blobs are
+    /// stored per user, see the module doc); returns how many.
+    pub async fn purge_user(
+        &self,
+        service: &ServiceName,
+        market: Market,
+        user: &UserId,
+        buckets: BucketCount,
+    ) -> Result<u64, BlobError> {
+        let prefix = ObjectPath::from(format!(
+            "blobs/{service}/{market}/{}/{user}",
+            buckets.bucket_of(user).0
+        ));
+        self.delete_prefix(&prefix).await
+    }
+
+    async fn delete_prefix(&self, prefix: &ObjectPath) -> Result<u64, BlobError> {
+        let mut removed = 0u64;
+        let listing = self
+            .store
+            .list(Some(prefix))
+            .map_ok(|meta| meta.location)
+            .boxed();
+        let mut deleted = self.store.delete_stream(listing);
+        while let Some(result) = deleted.next().await {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => removed += 1,
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(removed)

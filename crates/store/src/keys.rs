@@ -57,6 +57,22 @@ pub fn bucket_range_bounds(
     (start, end)
 }
 
+/// The half-open key range `[start, end)` of everything one user holds in one service and
+/// market: `… user 0x00` up to `… user 0x01` (ids hold no NUL, so no other user's key is in it).
+pub fn user_bounds(
+    service: &ServiceName,
+    market: Market,
+    user: &UserId,
+    buckets: domicile_core::BucketCount,
+) -> (Vec<u8>, Vec<u8>) {
+    let mut start = bucket_prefix(service, market, buckets.bucket_of(user));
+    start.extend_from_slice(user.as_str().as_bytes());
+    let mut end = start.clone();
+    start.push(0);
+    end.push(1);
+    (start, end)
+}
+
 pub fn collection_prefix(c: &CollectionAddress) -> Vec<u8> {
     let mut k = bucket_prefix(&c.service, c.market, c.bucket);
     k.extend_from_slice(c.user.as_str().as_bytes());

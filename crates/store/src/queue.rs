@@ -5,7 +5,7 @@
 use crate::error::StoreError;
 use crate::record::{ImportOutcome, Lsn, Mutation, MutationOp, Precondition, VersionedRecord};
 use bytes::Bytes;
-use domicile_core::{Hlc, Scope, Version};
+use domicile_core::{BucketCount, Hlc, Market, Scope, ServiceName, UserId, Version};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -22,9 +22,10 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 pub(crate) enum Request {
     /// Requests that share a group (and its durable commit).
     Grouped(Grouped),
-    /// Purges and trims run alone, between groups.
+    /// Purges and trims run alone, between groups. A purge removes every stored entry whose
+    /// record key falls in one of its half-open ranges, unlogged.
     Purge {
-        scope: Scope,
+        ranges: Vec<(Vec<u8>, Vec<u8>)>,
         reply: Reply<u64>,
     },
     Trim {
@@ -225,8 +226,24 @@ impl Submit<'_> {
     }
 
     pub async fn purge(&self, scope: &Scope) -> Result<u64, StoreError> {
-        let scope = scope.clone();
-        self.send(|reply| Request::Purge { scope, reply }).await
+        let ranges = scope
+            .buckets
+            .ranges()
+            .iter()
+            .map(|r| crate::keys::bucket_range_bounds(&scope.service, scope.market, *r))
+            .collect();
+        self.send(|reply| Request::Purge { ranges, reply }).await
+    }
+
+    pub async fn purge_user(
+        &self,
+        service: &ServiceName,
+        market: Market,
+        user: &UserId,
+        buckets: BucketCount,
+    ) -> Result<u64, StoreError> {
+        let ranges = vec![crate::keys::user_bounds(service, market, user, buckets)];
+        self.send(|reply| Request::Purge { ranges, reply }).await
     }
 
     pub async fn trim(&self, upto: Lsn) -> Result<u64, StoreError> {

@@ -8,7 +8,7 @@ use crate::record::{
 };
 use async_trait::async_trait;
 use bytes::Bytes;
-use domicile_core::{RecordKey, Scope, Version};
+use domicile_core::{BucketCount, Market, RecordKey, Scope, ServiceName, UserId, Version};
 use futures::stream::BoxStream;
 use std::time::Duration;
 
@@ -72,6 +72,18 @@ pub trait RegionStore: Send + Sync + 'static {
     /// Removes every record and tombstone of `scope`. Not logged: a purge is not a mutation
     /// to replicate. Returns the number of stored entries removed.
     async fn purge(&self, scope: &Scope) -> Result<u64, StoreError>;
+
+    /// Removes every record and tombstone of one user in one service and market (the user's
+    /// bucket). Not logged, like `purge`: the region node uses it for copies it does not own
+    /// (erasure), whose owner logs the deletes that reach every stream. Returns the number of
+    /// stored entries removed.
+    async fn purge_user(
+        &self,
+        service: &ServiceName,
+        market: Market,
+        user: &UserId,
+        buckets: BucketCount,
+    ) -> Result<u64, StoreError>;
 
     /// Drops change-log entries at or before `upto` (after every consumer has passed them).
     async fn trim_changes(&self, upto: Lsn) -> Result<u64, StoreError>;

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use domicile_core::{Bucket, BucketSet, Scope};
 use domicile_store::{BlobError, BlobStore};
-use domicile_store_conformance::fixtures::{collection, user_in_bucket};
+use domicile_store_conformance::fixtures::{BUCKETS, collection, user_in_bucket};
 use futures::TryStreamExt;
 
 async fn read_all(
@@ -129,6 +129,41 @@ async fn purge_deletes_exactly_the_scope() {
         Err(BlobError::NotFound)
     ));
     assert_eq!(read_all(&store, &o2, &b2.hash).await, b"two");
+}
+
+#[tokio::test]
+async fn purge_user_deletes_one_users_blobs_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::local(dir.path()).unwrap();
+    let (u1, u2) = (
+        user_in_bucket(Bucket(5), "p"),
+        user_in_bucket(Bucket(5), "q"),
+    );
+    let longer = format!("{u1}0");
+    let o1 = collection("cloud", "MY", &u1, "photos");
+    let others = [
+        collection("cloud", "MY", &u2, "photos"),
+        collection("cloud", "MY", &longer, "photos"),
+        collection("cloud", "SG", &u1, "photos"),
+    ];
+    store.put_bytes(&o1, Bytes::from("a"), 100).await.unwrap();
+    let b1 = store.put_bytes(&o1, Bytes::from("b"), 100).await.unwrap();
+    let mut kept = Vec::new();
+    for o in &others {
+        kept.push(store.put_bytes(o, Bytes::from("c"), 100).await.unwrap());
+    }
+    let removed = store
+        .purge_user(&o1.service, o1.market, &o1.user, BUCKETS)
+        .await
+        .unwrap();
+    assert_eq!(removed, 2);
+    assert!(matches!(
+        store.get_stream(&o1, &b1.hash).await,
+        Err(BlobError::NotFound)
+    ));
+    for (o, b) in others.iter().zip(&kept) {
+        assert_eq!(read_all(&store, o, &b.hash).await, b"c");
+    }
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

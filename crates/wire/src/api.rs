@@ -48,6 +48,99 @@ pub struct ListResponse {
     pub next: Option<String>,
 }
 
+/// A consent record as a service keeps it (reserved collection `_consents`, key = purpose).
+/// A revocation keeps the record (granted = false, with `revoked_at`); it is never deleted,
+/// except by erasing the user. Times are RFC 3339 (UTC).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentRecord {
+    pub purpose: String,
+    pub granted: bool,
+    /// The version of the notice the user was shown when granting.
+    pub notice_version: Option<String>,
+    pub granted_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+/// `PUT /v1/users/{user}/consents/{purpose}` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentRequest {
+    pub notice_version: String,
+}
+
+/// What a revocation erased, or an erasure removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Erased {
+    pub records: u64,
+    pub blobs: u64,
+}
+
+/// One service's consent record, as a region node answers a grant, a revocation or a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceConsent {
+    pub service: ServiceName,
+    /// The consent record's version.
+    pub version: String,
+    pub consent: ConsentRecord,
+    /// On a revocation: the user's data of the purpose's collections that was erased.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased: Option<Erased>,
+}
+
+/// The consent records of a user: a region node's for one service, the gateway's for all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentList {
+    pub consents: Vec<ServiceConsent>,
+}
+
+/// One record of a user as an export page carries it. A record's value is `value` when it is
+/// UTF-8, `value_base64` otherwise; a blob collection's record carries `blob` (its metadata;
+/// the bytes are fetched from the record's usual path).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportItem {
+    pub collection: String,
+    pub key: String,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<domicile_store::BlobRef>,
+}
+
+/// `GET /v1/users/{user}/export?service=&after=&limit=` at a region node: one page of a user's
+/// records of one service (every collection, consents included); `next` is the `after` of the
+/// next page (`collection/key`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportPage {
+    pub items: Vec<ExportItem>,
+    pub next: Option<String>,
+}
+
+/// `POST /internal/users/{user}/erase` at a region node: what it removed. `records` counts
+/// logged deletes where it owns the data and stored entries removed where it does not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EraseResponse {
+    pub region: RegionId,
+    pub records: u64,
+    pub blobs: u64,
+    /// The user's data keys destroyed in this region (crypto-shredding; 0 until encryption at
+    /// rest holds per-(user, service) keys).
+    #[serde(default)]
+    pub keys_destroyed: u64,
+}
+
+/// `DELETE /v1/users/{user}` at the gateway: every region's answer, and the totals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErasureSummary {
+    pub user: domicile_core::UserId,
+    pub records: u64,
+    pub blobs: u64,
+    pub keys_destroyed: u64,
+    pub regions: Vec<EraseResponse>,
+}
+
 /// A scope as the internal API takes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScopeRequest {

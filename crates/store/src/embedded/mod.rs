@@ -16,7 +16,7 @@ use crate::record::{
 use crate::store::{RegionStore, SnapshotScan};
 use async_trait::async_trait;
 use bytes::Bytes;
-use domicile_core::{Hlc, RecordKey, Scope, Version};
+use domicile_core::{BucketCount, Hlc, Market, RecordKey, Scope, ServiceName, UserId, Version};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -251,6 +251,18 @@ impl RegionStore for EmbeddedStore {
 
     async fn purge(&self, scope: &Scope) -> Result<u64, StoreError> {
         self.submit().purge(scope).await
+    }
+
+    async fn purge_user(
+        &self,
+        service: &ServiceName,
+        market: Market,
+        user: &UserId,
+        buckets: BucketCount,
+    ) -> Result<u64, StoreError> {
+        self.submit()
+            .purge_user(service, market, user, buckets)
+            .await
     }
 
     async fn trim_changes(&self, upto: Lsn) -> Result<u64, StoreError> {

@@ -11,7 +11,7 @@ use crate::error::StoreError;
 use crate::keys::{self, encode_change, encode_value, lsn_key};
 use crate::queue::{Grouped, KeyState, Reply, Request, clone_error, decide_batch, gather};
 use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, VersionedRecord};
-use domicile_core::{Hlc, Scope, Version};
+use domicile_core::{Hlc, Version};
 use fjall::{Database, Keyspace, PersistMode};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,9 +67,9 @@ impl Writer {
                 continue;
             }
             match request {
-                Request::Purge { scope, reply } => {
+                Request::Purge { ranges, reply } => {
                     self.commit(group.take());
-                    let _ = reply.send(self.purge(&scope));
+                    let _ = reply.send(self.purge(&ranges));
                 }
                 Request::Trim { upto, reply } => {
                     self.commit(group.take());
@@ -301,10 +301,9 @@ impl Writer {
         self.commit_batch(batch, lsn)
     }
 
-    fn purge(&self, scope: &Scope) -> Result<u64, StoreError> {
+    fn purge(&self, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<u64, StoreError> {
         let mut removed = 0u64;
-        for range in scope.buckets.ranges() {
-            let (start, end) = keys::bucket_range_bounds(&scope.service, scope.market, *range);
+        for (start, end) in ranges {
             loop {
                 let chunk: Vec<Vec<u8>> = self
                     .records

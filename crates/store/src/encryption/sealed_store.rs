@@ -14,7 +14,7 @@ use crate::record::{
 use crate::store::{RegionStore, SnapshotScan};
 use async_trait::async_trait;
 use bytes::Bytes;
-use domicile_core::{RecordKey, Scope, Version};
+use domicile_core::{BucketCount, Market, RecordKey, Scope, ServiceName, UserId, Version};
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -178,6 +178,16 @@ impl RegionStore for EncryptedStore {
 
     async fn purge(&self, scope: &Scope) -> Result<u64, StoreError> {
         self.inner.purge(scope).await
+    }
+
+    async fn purge_user(
+        &self,
+        service: &ServiceName,
+        market: Market,
+        user: &UserId,
+        buckets: BucketCount,
+    ) -> Result<u64, StoreError> {
+        self.inner.purge_user(service, market, user, buckets).await
     }
 
     async fn trim_changes(&self, upto: Lsn) -> Result<u64, StoreError> {

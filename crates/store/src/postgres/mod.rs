@@ -24,7 +24,7 @@ use crate::store::{RegionStore, SnapshotScan};
 use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use domicile_core::{Hlc, RecordKey, Scope, Version};
+use domicile_core::{BucketCount, Hlc, Market, RecordKey, Scope, ServiceName, UserId, Version};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -389,6 +389,18 @@ impl RegionStore for PostgresStore {
 
     async fn purge(&self, scope: &Scope) -> Result<u64, StoreError> {
         self.submit().purge(scope).await
+    }
+
+    async fn purge_user(
+        &self,
+        service: &ServiceName,
+        market: Market,
+        user: &UserId,
+        buckets: BucketCount,
+    ) -> Result<u64, StoreError> {
+        self.submit()
+            .purge_user(service, market, user, buckets)
+            .await
     }
 
     async fn trim_changes(&self, upto: Lsn) -> Result<u64, StoreError> {

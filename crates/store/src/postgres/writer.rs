@@ -16,7 +16,7 @@ use crate::keys;
 use crate::queue::{Grouped, KeyState, Reply, Request, clone_error, decide_batch, gather};
 use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, VersionedRecord};
 use bytes::Bytes;
-use domicile_core::{Hlc, Scope, Version};
+use domicile_core::{Hlc, Version};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -201,10 +201,10 @@ impl Writer {
         for request in queued {
             match request {
                 Request::Grouped(g) => group.push(g),
-                Request::Purge { scope, reply } => {
+                Request::Purge { ranges, reply } => {
                     self.commit_group(std::mem::take(&mut group)).await;
                     let result = match self.usable() {
-                        Ok(()) => self.purge(scope).await,
+                        Ok(()) => self.purge(ranges).await,
                         Err(e) => Err(e),
                     };
                     let _ = reply.send(result);
@@ -480,11 +480,10 @@ impl Writer {
         tx.commit().await.map_err(|e| Failure::Unknown(pg_error(e)))
     }
 
-    async fn purge(&mut self, scope: Scope) -> Result<u64, StoreError> {
+    async fn purge(&mut self, ranges: Vec<(Vec<u8>, Vec<u8>)>) -> Result<u64, StoreError> {
         let tx = self.client.transaction().await.map_err(pg_error)?;
         let mut removed = 0u64;
-        for range in scope.buckets.ranges() {
-            let (start, end) = keys::bucket_range_bounds(&scope.service, scope.market, *range);
+        for (start, end) in ranges {
             removed += tx
                 .execute(&self.statements.purge_range, &[&start, &end])
                 .await
