@@ -94,6 +94,8 @@ async fn set_up(engine: &CopyEngine, region: &str) -> Result<RegionStoreSetup, B
 pub struct CopyBenchReport {
     pub from: String,
     pub to: String,
+    /// Both nodes sealing at rest (as every cluster runs them).
+    pub encrypted: bool,
     pub records: u64,
     pub records_per_s: f64,
     pub mb_per_s: f64,
@@ -118,13 +120,23 @@ async fn start(
     dir: &Path,
     tls: &domicile_tls::ServerTransport,
     stop: &tokio::sync::watch::Sender<bool>,
+    encrypted: bool,
 ) -> Result<(String, tokio::task::JoinHandle<()>), BenchError> {
     let mut config = domicile_core::reference::cluster_config();
     let id = RegionId::new(region).map_err(|e| BenchError::Task(e.to_string()))?;
     for r in config.regions.iter_mut().filter(|r| r.id == id) {
         r.store = store.to_string();
     }
-    let state = domicile_region::open(&config, &id, dir).await?;
+    let state = if encrypted {
+        domicile_region::open(&config, &id, dir).await?
+    } else {
+        // The baseline of `bench encryption`: the same node with nothing sealed.
+        let engine =
+            domicile_store::open_store(&domicile_store::StoreSpec::parse(store, dir)?).await?;
+        let blobs = domicile_store::BlobStore::local(&dir.join(format!("{region}-blobs")))
+            .map_err(|e| BenchError::Task(e.to_string()))?;
+        domicile_region::NodeState::new(&config, id, engine, blobs).await?
+    };
     let node = BoundNode::bind(state, "127.0.0.1:0").await?;
     let url = format!("{}://{}", tls.scheme(), node.local_addr()?);
     let mut rx = stop.subscribe();
@@ -140,11 +152,14 @@ async fn start(
     Ok((url, served))
 }
 
+/// Copies `records` records between two region nodes; `encrypted` as a cluster runs them
+/// (`false` only as `bench encryption`'s baseline).
 pub async fn run_copy_bench(
     records: u64,
     from: &CopyEngine,
     to: &CopyEngine,
     dir: &Path,
+    encrypted: bool,
 ) -> Result<CopyBenchReport, BenchError> {
     let order = ImportOrder::new(records);
     let source_store = set_up(from, "cn-beijing").await?;
@@ -170,10 +185,24 @@ pub async fn run_copy_bench(
         .client;
     let http = domicile_client::http_client(&client);
     let (stop, _) = tokio::sync::watch::channel(false);
-    let (source_url, source_node) =
-        start("cn-beijing", &source_store.spec, dir, &server, &stop).await?;
-    let (target_url, target_node) =
-        start("ap-mumbai", &target_store.spec, dir, &server, &stop).await?;
+    let (source_url, source_node) = start(
+        "cn-beijing",
+        &source_store.spec,
+        dir,
+        &server,
+        &stop,
+        encrypted,
+    )
+    .await?;
+    let (target_url, target_node) = start(
+        "ap-mumbai",
+        &target_store.spec,
+        dir,
+        &server,
+        &stop,
+        encrypted,
+    )
+    .await?;
     let source = RegionClient::new(source_url, http.clone());
     let target = RegionClient::new(target_url, http);
     let mut start_at = 0;
@@ -257,6 +286,7 @@ pub async fn run_copy_bench(
     Ok(CopyBenchReport {
         from: from.name().into(),
         to: to.name().into(),
+        encrypted,
         records: copied.records,
         records_per_s: rate.round(),
         mb_per_s: (copied.bytes as f64 / (1 << 20) as f64 / copied.seconds * 10.0).round() / 10.0,

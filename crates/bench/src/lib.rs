@@ -3,6 +3,7 @@
 //! shared machine moves both figures together.
 
 pub mod copy;
+pub mod encryption;
 pub mod load;
 pub mod machine;
 pub mod store;

@@ -239,7 +239,7 @@ pub(crate) fn bar(progress: bool, len: u64, what: &str) -> ProgressBar {
     bar
 }
 
-fn fresh_dir(base: &Path, name: &str) -> Result<PathBuf, BenchError> {
+pub(crate) fn fresh_dir(base: &Path, name: &str) -> Result<PathBuf, BenchError> {
     let path = base.join(name);
     let io = |source| BenchError::Io {
         path: path.clone(),

@@ -17,6 +17,27 @@ pub enum BenchCommand {
     Copy(CopyArgs),
     /// Repeated cutovers of a live range under a steady write load through the gateway.
     Cutover(CutoverArgs),
+    /// What encryption at rest costs: the store and copy workloads plain and sealed, same run.
+    Encryption(EncryptionArgs),
+}
+
+#[derive(Args)]
+pub struct EncryptionArgs {
+    /// Print only the JSON report on stdout (progress goes to stderr either way).
+    #[arg(long)]
+    json: bool,
+    /// Records to import, scan and read in each store variant.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Records to copy region to region in each copy variant.
+    #[arg(long, default_value_t = 200_000)]
+    copy_records: u64,
+    /// Concurrent writers for the durable-write figures.
+    #[arg(long, default_value_t = 64)]
+    writers: usize,
+    /// Seconds each durable-write figure is measured for.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
 }
 
 #[derive(Args)]
@@ -103,10 +124,33 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
                 .tempdir_in(std::env::current_dir()?)?;
             let from = domicile_bench::copy::CopyEngine::parse(&args.from)?;
             let to = domicile_bench::copy::CopyEngine::parse(&args.to)?;
-            let report = domicile_bench::copy::run_copy_bench(args.records, &from, &to, dir.path())
-                .await
-                .context("run the copy benchmark")?;
+            let report =
+                domicile_bench::copy::run_copy_bench(args.records, &from, &to, dir.path(), true)
+                    .await
+                    .context("run the copy benchmark")?;
             let _ = args.json;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        BenchCommand::Encryption(args) => {
+            anyhow::ensure!(args.records > 0, "--records must be at least 1");
+            anyhow::ensure!(args.copy_records > 0, "--copy-records must be at least 1");
+            anyhow::ensure!(args.writers > 0, "--writers must be at least 1");
+            anyhow::ensure!(args.seconds > 0.0, "--seconds must be positive");
+            let dir = tempfile::Builder::new()
+                .prefix("domicile-bench-encryption-")
+                .tempdir_in(std::env::current_dir()?)?;
+            let options = StoreBenchOptions {
+                dir: dir.path().to_path_buf(),
+                records: args.records,
+                writers: args.writers,
+                write_seconds: args.seconds,
+                progress: !args.json,
+            };
+            let report =
+                domicile_bench::encryption::run_encryption_bench(options, args.copy_records)
+                    .await
+                    .context("run the encryption benchmark")?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

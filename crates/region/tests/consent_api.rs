@@ -331,7 +331,10 @@ async fn erase_removes_the_users_data_owned_or_not_and_nothing_else() {
         "consent, contact, note, photo; the order's copy"
     );
     assert_eq!(j["blobs"], 1);
-    assert_eq!(j["keys_destroyed"], 0);
+    assert_eq!(
+        j["keys_destroyed"], 2,
+        "the user's data keys here: cloud (owned) and ecommerce (the copy)"
+    );
     assert_eq!(
         node.lsn(),
         lsn + 4,
