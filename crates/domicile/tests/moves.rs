@@ -411,6 +411,13 @@ async fn a_control_plane_killed_twenty_times_mid_move_resumes_and_loses_nothing(
         ] {
             assert!(t.body.get(field).is_some(), "{field} missing: {}", t.body);
         }
+        // Users are counted by the digests: never more than the records that moved.
+        let (users, records) = (t.body["users"].as_u64(), t.body["records"].as_u64());
+        assert!(
+            users.is_some_and(|u| u <= records.unwrap_or(0)),
+            "{}",
+            t.body
+        );
         assert!(
             t.body["operator"]
                 .as_str()

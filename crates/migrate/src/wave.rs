@@ -134,6 +134,9 @@ pub struct Wave {
     /// What moved, as the source held it at the cutover: live records and one BLAKE3 over its
     /// per-bucket digests (hex), for the ledger.
     pub moved_records: u64,
+    /// Users with live records in what moved.
+    #[serde(default)]
+    pub moved_users: u64,
     pub moved_digest: Option<String>,
 }
 
@@ -159,6 +162,7 @@ impl Wave {
             blobs_purged: 0,
             keys_destroyed: 0,
             moved_records: 0,
+            moved_users: 0,
             moved_digest: None,
         }
     }
@@ -514,6 +518,7 @@ async fn record_moved(wave: &mut Wave, mover: &Mover) -> Result<(), WaveError> {
         hasher.update(&d.digest);
     }
     wave.moved_records = digests.iter().map(|d| d.records).sum();
+    wave.moved_users = digests.iter().map(|d| d.users).sum();
     wave.moved_digest = Some(hasher.finalize().to_hex().to_string());
     Ok(())
 }

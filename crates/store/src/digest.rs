@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 pub struct BucketDigest {
     pub bucket: Bucket,
     pub records: u64,
+    /// Users with at least one live record in the bucket (what a ledger entry counts).
+    #[serde(default)]
+    pub users: u64,
     #[serde(with = "hex32")]
     pub digest: [u8; 32],
 }
@@ -23,6 +26,9 @@ pub struct BucketDigest {
 pub struct BucketDigester {
     bucket: Bucket,
     records: u64,
+    users: u64,
+    /// Records arrive grouped by user, so a new user is a change from the last one.
+    last_user: Option<String>,
     hasher: blake3::Hasher,
 }
 
@@ -31,12 +37,18 @@ impl BucketDigester {
         Self {
             bucket,
             records: 0,
+            users: 0,
+            last_user: None,
             hasher: blake3::Hasher::new(),
         }
     }
 
     pub fn add(&mut self, address: &RecordAddress, version: Version, value: &[u8]) {
         let c = &address.collection;
+        if self.last_user.as_deref() != Some(c.user.as_str()) {
+            self.users += 1;
+            self.last_user = Some(c.user.as_str().to_string());
+        }
         // Ids are validated to at most 256 bytes, so the length prefixes cannot truncate.
         self.hasher.update(&[c.user.as_str().len() as u8]);
         self.hasher.update(c.user.as_str().as_bytes());
@@ -54,6 +66,7 @@ impl BucketDigester {
         BucketDigest {
             bucket: self.bucket,
             records: self.records,
+            users: self.users,
             digest: *self.hasher.finalize().as_bytes(),
         }
     }
@@ -79,5 +92,37 @@ mod hex32 {
                 .map_err(|_| bad())?;
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domicile_core::{BucketCount, CollectionName, Market, RecordKey, ServiceName, UserId};
+
+    fn at(user: &str, collection: &str, key: &str) -> RecordAddress {
+        crate::record::CollectionAddress::new(
+            ServiceName::new("cloud").unwrap(),
+            Market::new("SG").unwrap(),
+            UserId::new(user).unwrap(),
+            CollectionName::new(collection).unwrap(),
+            BucketCount::default(),
+        )
+        .record(RecordKey::new(key).unwrap())
+    }
+
+    #[test]
+    fn a_digest_counts_records_and_users() {
+        let mut d = BucketDigester::new(Bucket(0));
+        for (u, c, k) in [
+            ("ann", "notes", "1"),
+            ("ann", "photos", "p"),
+            ("bob", "notes", "1"),
+        ] {
+            d.add(&at(u, c, k), Version(1), b"v");
+        }
+        let done = d.finish();
+        assert_eq!((done.records, done.users), (3, 2));
+        assert_eq!(BucketDigester::new(Bucket(0)).finish().users, 0);
     }
 }

@@ -361,9 +361,8 @@ impl Engine {
                 "purged_at_source": w.purged, "blobs_purged_at_source": w.blobs_purged,
                 "data_keys_destroyed_at_source": w.keys_destroyed, "epoch": w.committed_epoch,
                 "legal_basis": legal_basis, "operator": operator,
-                // Users are not counted as they move (the digest counts records); the users
-                // moved are exactly the market's users whose bucket is in `buckets`.
-                "users": null,
+                // Users with live records in the range as it moved (counted by the digests).
+                "users": w.moved_users,
                 "users_basis": format!(
                     "every user of market {} whose bucket (BLAKE3(user) mod {}) is in {}",
                     s.market, table.buckets.get(), s.buckets
