@@ -79,10 +79,6 @@ impl DataKeys {
         }
     }
 
-    pub fn provider(&self) -> &dyn KeyProvider {
-        self.provider.as_ref()
-    }
-
     /// The wrap context binds a wrapped key to its region and owner.
     fn context(&self, name: &str) -> Vec<u8> {
         place(
@@ -165,12 +161,6 @@ impl DataKeys {
         self.load(&name)
             .await?
             .ok_or_else(|| EncryptionError::KeyDestroyed(name).into())
-    }
-
-    /// Whether `owner` has a data key here.
-    pub async fn exists(&self, owner: &CollectionAddress) -> Result<bool, StoreError> {
-        let name = DataKeyId::of(owner).name();
-        Ok(self.cached(&name).is_some() || self.store.load_meta(&name).await?.is_some())
     }
 
     async fn destroy(&self, name: &str) -> Result<(), StoreError> {

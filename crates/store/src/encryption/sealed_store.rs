@@ -35,11 +35,6 @@ impl EncryptedStore {
     pub fn keys(&self) -> &Arc<DataKeys> {
         &self.keys
     }
-
-    async fn seal(&self, address: &RecordAddress, value: &[u8]) -> Result<Bytes, StoreError> {
-        let key = self.keys.for_write(&address.collection).await?;
-        Ok(seal_value(&key, &record_place(address), value)?)
-    }
 }
 
 /// The data keys of a batch's owners, each fetched (or made) once. Missing keys are made
@@ -109,9 +104,12 @@ impl RegionStore for EncryptedStore {
     }
 
     async fn write(&self, mut batch: Vec<Mutation>) -> Result<Vec<Version>, StoreError> {
+        let puts = batch.iter().filter(|m| matches!(m.op, MutationOp::Put(_)));
+        let batch_keys = keys_of(&self.keys, puts.map(|m| &m.address.collection), true).await?;
         for m in &mut batch {
             if let MutationOp::Put(value) = &m.op {
-                m.op = MutationOp::Put(self.seal(&m.address, value).await?);
+                let key = key_in(&batch_keys, &m.address.collection)?;
+                m.op = MutationOp::Put(seal_value(key, &record_place(&m.address), value)?);
             }
         }
         self.inner.write(batch).await
