@@ -242,8 +242,11 @@ pub trait Control: Sync {
 /// A cutover whose window exceeds this is logged with its parts.
 const SLOW_CUTOVER_MS: f64 = 100.0;
 
-/// The lag (changes per catch-up pass) below which a wave fences the source.
-const CUTOVER_LAG: usize = 256;
+/// The lag (changes carried by one catch-up pass) under which a wave counts as caught up: it
+/// moves on to verify, and at the cutover fences the source. Never zero: under a steady write
+/// load (a flash sale) an empty pass may not come until the load ends, and whatever is left is
+/// drained with the source fenced.
+const CATCH_UP_LAG: usize = 256;
 
 /// Verify-and-repair rounds before the cutover; buckets that keep changing are left to the
 /// fenced check, where they cannot change.
@@ -276,6 +279,7 @@ pub async fn run(
             }
             _ => {}
         }
+        let (step, started) = (wave.step, Instant::now());
         match wave.step {
             Step::Pending => wave.step = Step::Copying,
             Step::Copying => {
@@ -283,7 +287,7 @@ pub async fn run(
                 wave.step = Step::CatchingUp;
             }
             Step::CatchingUp => {
-                let applied = mover.catch_up_until(wave.position, 0).await?;
+                let applied = mover.catch_up_until(wave.position, CATCH_UP_LAG).await?;
                 wave.absorb(applied);
                 wave.step = Step::Verifying;
             }
@@ -306,6 +310,10 @@ pub async fn run(
             Step::RollingBack => roll_back(wave, mover, control).await?,
         }
         checkpoint(control, wave).await?;
+        tracing::debug!(
+            service = %wave.spec.service, market = %wave.spec.market, buckets = %wave.spec.buckets,
+            ?step, ms = started.elapsed().as_millis() as u64, "wave step done"
+        );
     }
 }
 
@@ -351,7 +359,7 @@ async fn verify_and_repair(wave: &mut Wave, mover: &Mover) -> Result<(), WaveErr
             return Ok(());
         }
         wave.keys_repaired += mover.repair(&check).await?;
-        let applied = mover.catch_up_until(wave.position, 0).await?;
+        let applied = mover.catch_up_until(wave.position, CATCH_UP_LAG).await?;
         wave.absorb(applied);
         let touched: BTreeSet<Bucket> = check
             .drain(..)
@@ -395,7 +403,7 @@ async fn cut_over(wave: &mut Wave, mover: &Mover, control: &impl Control) -> Res
     // Catch up until the lag is small, so the fenced drain below is short; compare the buckets
     // changed since Verifying while writes still flow, so that the fenced check below only
     // covers the few changed in the last moments.
-    let applied = mover.catch_up_until(wave.position, CUTOVER_LAG).await?;
+    let applied = mover.catch_up_until(wave.position, CATCH_UP_LAG).await?;
     wave.absorb(applied);
     if !wave.unverified.is_empty() {
         let check: Vec<Bucket> = wave.unverified.iter().copied().collect();
@@ -406,7 +414,7 @@ async fn cut_over(wave: &mut Wave, mover: &Mover, control: &impl Control) -> Res
             .into_iter()
             .collect();
         wave.unverified.retain(|b| differing.contains(b));
-        let applied = mover.catch_up_until(wave.position, CUTOVER_LAG).await?;
+        let applied = mover.catch_up_until(wave.position, CATCH_UP_LAG).await?;
         wave.absorb(applied);
     }
     let started = Instant::now();
@@ -558,8 +566,13 @@ pub async fn complete(
     control: &impl Control,
 ) -> Result<(), WaveError> {
     if wave.step == Step::Reversing {
+        let started = Instant::now();
         purge_source(wave, mover).await?;
         checkpoint(control, wave).await?;
+        tracing::debug!(
+            service = %wave.spec.service, market = %wave.spec.market, buckets = %wave.spec.buckets,
+            ms = started.elapsed().as_millis() as u64, "source purged"
+        );
     }
     Ok(())
 }
