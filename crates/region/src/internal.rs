@@ -355,8 +355,11 @@ pub async fn purge(
             scope.service, scope.market, scope.buckets
         )));
     }
+    let started = std::time::Instant::now();
     let records = state.store.purge(&scope).await?;
+    let records_ms = started.elapsed().as_millis() as u64;
     let blobs = state.blobs.purge(&scope).await?;
+    let blobs_ms = started.elapsed().as_millis() as u64 - records_ms;
     // Last, once nothing sealed under them is left to read: a retried purge destroys the rest.
     let keys_destroyed = match &state.data_keys {
         Some(keys) => keys.destroy_scope(&scope).await?,
@@ -365,7 +368,11 @@ pub async fn purge(
     drop(gate);
     state.metrics.records_purged.inc_by(records);
     state.metrics.data_keys_destroyed.inc_by(keys_destroyed);
-    tracing::info!(service = %scope.service, market = %scope.market, buckets = %scope.buckets, records, blobs, keys_destroyed, "purged");
+    tracing::info!(
+        service = %scope.service, market = %scope.market, buckets = %scope.buckets, records,
+        blobs, keys_destroyed, ms = started.elapsed().as_millis() as u64, records_ms, blobs_ms,
+        "purged"
+    );
     Ok(Json(PurgeResponse {
         records,
         blobs,

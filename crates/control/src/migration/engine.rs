@@ -21,6 +21,10 @@ use tokio::task::JoinSet;
 /// copying, a chunk in memory: this bounds both).
 const UNITS_AT_ONCE: usize = 4;
 
+/// Source purges at once when a phase completes: a region runs them side by side, their deletes
+/// share group commits and their metadata scrubs coalesce (`DataKeys::scrub`).
+const PURGES_AT_ONCE: usize = 16;
+
 /// The longest a reverse pass waits for the target's next change.
 const REVERSE_POLL: Duration = Duration::from_millis(500);
 
@@ -322,19 +326,10 @@ impl Engine {
             .clone()
             .unwrap_or_else(|| "not recorded (started before operators were)".to_string());
         let table = self.state.table();
+        self.purge_sources(p).await?;
+        let doc = self.snapshot().await;
         for (i, unit) in doc.phases[p].units.iter().enumerate() {
-            let control = UnitControl {
-                engine: self.clone(),
-                phase: p,
-                index: i,
-            };
-            let mut w = unit.run.clone();
-            if w.step == Step::Reversing {
-                let mover = mover(self, &w.spec)?;
-                wave::complete(&mut w, &mover, &control)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
+            let w = unit.run.clone();
             if w.step != Step::Completed || unit.ledger_seq.is_some() {
                 continue;
             }
@@ -444,6 +439,46 @@ impl Engine {
         }
         tracing::info!(phase = %doc.phases[p].resolved.name, paused = hold, "phase completed");
         Ok(())
+    }
+}
+
+impl Engine {
+    /// Completes the phase's units whose windows have closed: their sources are purged, several
+    /// units at once (each purge is checkpointed; the ledger is written after, in order).
+    async fn purge_sources(self: &Arc<Self>, p: usize) -> Result<(), String> {
+        let doc = self.snapshot().await;
+        let permits = Arc::new(Semaphore::new(PURGES_AT_ONCE));
+        let mut purges: JoinSet<Result<(), String>> = JoinSet::new();
+        for (i, unit) in doc.phases[p].units.iter().enumerate() {
+            if unit.run.step != Step::Reversing {
+                continue;
+            }
+            let (engine, permits, mut w) = (self.clone(), permits.clone(), unit.run.clone());
+            purges.spawn(async move {
+                let _permit = permits
+                    .acquire()
+                    .await
+                    .map_err(|e| format!("unit permits: {e}"))?;
+                let control = UnitControl {
+                    engine: engine.clone(),
+                    phase: p,
+                    index: i,
+                };
+                let mover = mover(&engine, &w.spec)?;
+                wave::complete(&mut w, &mover, &control)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+        }
+        let mut failure = None;
+        while let Some(joined) = purges.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = Some(e),
+                Err(e) => failure = Some(format!("a purge task failed: {e}")),
+            }
+        }
+        failure.map_or(Ok(()), Err)
     }
 }
 

@@ -15,6 +15,7 @@ use aws_lc_rs::aead::{AES_256_GCM, RandomizedNonceKey};
 use bytes::Bytes;
 use domicile_core::{Bucket, Market, Scope, ServiceName, UserId};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
@@ -26,6 +27,8 @@ const CACHE_KEYS: usize = 65_536;
 const CREATE_SHARDS: usize = 64;
 /// Metadata names listed per page while destroying a scope's keys.
 const LIST_PAGE: usize = 1024;
+/// Key deletes in flight at once while destroying many (they share the engine's group commits).
+const DESTROYS_AT_ONCE: usize = 64;
 
 /// Whose data a data key seals.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -62,6 +65,9 @@ pub struct DataKeys {
     store: Arc<dyn RegionStore>,
     cache: Mutex<HashMap<String, Arc<RandomizedNonceKey>>>,
     creating: Vec<tokio::sync::Mutex<()>>,
+    /// Scrubs asked for, and the last ticket a finished scrub covered.
+    scrub_tickets: AtomicU64,
+    scrubbed: tokio::sync::Mutex<u64>,
 }
 
 impl DataKeys {
@@ -76,6 +82,8 @@ impl DataKeys {
             creating: (0..CREATE_SHARDS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            scrub_tickets: AtomicU64::new(0),
+            scrubbed: tokio::sync::Mutex::new(0),
         }
     }
 
@@ -176,32 +184,59 @@ impl DataKeys {
     /// returns how many.
     pub async fn destroy_scope(&self, scope: &Scope) -> Result<u64, StoreError> {
         let prefix = format!("{PREFIX}{}/{}/", scope.service, scope.market);
-        let mut after: Option<String> = None;
         let mut doomed = Vec::new();
-        loop {
-            let page = self
-                .store
-                .list_meta(&prefix, after.as_deref(), LIST_PAGE)
-                .await?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
-            for (name, _) in page {
-                let bucket = name[prefix.len()..]
-                    .split('/')
-                    .next()
-                    .and_then(|b| b.parse::<u16>().ok());
-                if bucket.is_some_and(|b| scope.buckets.contains(Bucket(b))) {
-                    doomed.push(name);
+        // Names are ordered by zero-padded bucket: each range of the scope is one listing.
+        for range in scope.buckets.ranges() {
+            // Every name of bucket `first` sorts after `…/{first:05}` (it goes on with `/user`).
+            let mut after = Some(format!("{prefix}{:05}", range.first));
+            'listing: loop {
+                let page = self
+                    .store
+                    .list_meta(&prefix, after.as_deref(), LIST_PAGE)
+                    .await?;
+                let Some((last, _)) = page.last() else { break };
+                after = Some(last.clone());
+                for (name, _) in page {
+                    let bucket = name[prefix.len()..]
+                        .split('/')
+                        .next()
+                        .and_then(|b| b.parse::<u16>().ok());
+                    match bucket {
+                        Some(b) if b > range.last => break 'listing,
+                        Some(b) if scope.buckets.contains(Bucket(b)) => doomed.push(name),
+                        _ => {}
+                    }
                 }
             }
         }
-        for name in &doomed {
-            self.destroy(name).await?;
-        }
-        if !doomed.is_empty() {
-            self.store.scrub_meta().await?;
-        }
+        self.destroy_all(&doomed).await?;
         Ok(doomed.len() as u64)
+    }
+
+    /// Destroys `names` at once (their deletes share group commits), then scrubs once.
+    async fn destroy_all(&self, names: &[String]) -> Result<(), StoreError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        for some in names.chunks(DESTROYS_AT_ONCE) {
+            let deletes: Vec<_> = some.iter().map(|name| self.destroy(name)).collect();
+            futures::future::try_join_all(deletes).await?;
+        }
+        self.scrub().await
+    }
+
+    /// Scrubs the metadata after deletes that have returned. Concurrent callers share scrubs:
+    /// one that starts after a caller's ticket covers that caller's deletes.
+    async fn scrub(&self) -> Result<(), StoreError> {
+        let ticket = self.scrub_tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut covered = self.scrubbed.lock().await;
+        if *covered >= ticket {
+            return Ok(());
+        }
+        let upto = self.scrub_tickets.load(Ordering::SeqCst);
+        self.store.scrub_meta().await?;
+        *covered = upto;
+        Ok(())
     }
 
     /// Destroys `user`'s data keys of every service in `services` (an erasure); returns how many
@@ -213,7 +248,7 @@ impl DataKeys {
         bucket: Bucket,
         services: &[ServiceName],
     ) -> Result<u64, StoreError> {
-        let mut destroyed = 0;
+        let mut doomed = Vec::new();
         for service in services {
             let name = DataKeyId {
                 service: service.clone(),
@@ -223,13 +258,10 @@ impl DataKeys {
             }
             .name();
             if self.store.load_meta(&name).await?.is_some() {
-                self.destroy(&name).await?;
-                destroyed += 1;
+                doomed.push(name);
             }
         }
-        if destroyed > 0 {
-            self.store.scrub_meta().await?;
-        }
-        Ok(destroyed)
+        self.destroy_all(&doomed).await?;
+        Ok(doomed.len() as u64)
     }
 }
