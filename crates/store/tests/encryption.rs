@@ -239,3 +239,56 @@ async fn destroyed_keys_leave_the_remaining_bytes_unreadable() {
         Bytes::from(CANARY)
     );
 }
+
+#[tokio::test]
+async fn destroying_a_scope_destroys_exactly_the_keys_of_its_bucket_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store) = open_sealed(dir.path(), &dir.path().join("k.json"), "us-west");
+    let records: Vec<_> = (0..300)
+        .map(|i| order(&format!("user-{i}"), "o1"))
+        .collect();
+    for chunk in records.chunks(50) {
+        store
+            .write(chunk.iter().map(|r| put(r, CANARY)).collect())
+            .await
+            .unwrap();
+    }
+    // Another market's keys of the same buckets stay.
+    let other_market = collection("ecommerce", "SG", "user-0", "orders")
+        .record(domicile_core::RecordKey::new("o1").unwrap());
+    store.write(vec![put(&other_market, CANARY)]).await.unwrap();
+    let ranges = [
+        domicile_core::BucketRange { first: 0, last: 99 },
+        domicile_core::BucketRange {
+            first: 500,
+            last: 640,
+        },
+    ];
+    let scope = Scope {
+        buckets: domicile_core::BucketSet::from_ranges(ranges),
+        ..whole("ecommerce", "IN")
+    };
+    let inside = |r: &domicile_store::RecordAddress| scope.buckets.contains(r.bucket());
+    let expected = records.iter().filter(|r| inside(r)).count() as u64;
+    assert!(expected > 10 && expected < 290, "{expected}");
+    assert_eq!(store.keys().destroy_scope(&scope).await.unwrap(), expected);
+    for r in &records {
+        let read = store.get(r).await;
+        if inside(r) {
+            assert!(
+                matches!(
+                    read,
+                    Err(StoreError::Encryption(
+                        domicile_store::EncryptionError::KeyDestroyed(_)
+                    ))
+                ),
+                "{r:?}"
+            );
+        } else {
+            assert_eq!(read.unwrap().unwrap().value, Bytes::from(CANARY), "{r:?}");
+        }
+    }
+    assert!(store.get(&other_market).await.unwrap().is_some());
+    // Destroying again finds nothing.
+    assert_eq!(store.keys().destroy_scope(&scope).await.unwrap(), 0);
+}
