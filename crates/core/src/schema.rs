@@ -40,7 +40,7 @@ fn personal_default() -> bool {
 pub const CONSENTS_COLLECTION: &str = "_consents";
 
 /// Collection names the API uses as path segments under `/v1/users/{user}/`.
-const RESERVED_NAMES: [&str; 2] = ["consents", "export"];
+const RESERVED_NAMES: [&str; 3] = ["batch", "consents", "export"];
 
 /// The cluster's schema: collections by name. Parsed from TOML (`[collections.NAME]` tables).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,7 +56,7 @@ pub enum SchemaError {
     #[error("schema declares no collections")]
     Empty,
     #[error(
-        "collection name {0} is reserved (names starting with `_`, and `consents` and `export`, \
+        "collection name {0} is reserved (names starting with `_`, and `batch`, `consents` and `export`, \
          which are API paths)"
     )]
     Reserved(CollectionName),
@@ -257,7 +257,7 @@ mod tests {
                 .to_string()
                 .contains("collection")
         );
-        for reserved in ["_consents", "consents", "export"] {
+        for reserved in ["_consents", "batch", "consents", "export"] {
             let text = format!("[collections.{reserved}]\nservice = \"shop\"\n");
             assert!(
                 matches!(Schema::from_toml(&text), Err(SchemaError::Reserved(_))),

@@ -299,8 +299,72 @@ async fn the_cluster_serves_refuses_and_reroutes_across_processes() {
     )
     .await;
 
+    // A batch: one service's records at once, read back singly.
+    let batch = format!("{}/v1/users/{user}/batch", c.gw());
+    let written = c
+        .http
+        .post(&batch)
+        .bearer_auth(&token)
+        .json(&json!({ "writes": [
+            { "collection": "addresses", "key": "home", "value": { "line1": "1 MG Road" } },
+            { "collection": "orders", "key": "o-7", "value": { "sku": "phone-4" } },
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), StatusCode::OK);
+    let versions: Value = written.json().await.unwrap();
+    assert_eq!(versions["versions"].as_array().map(Vec::len), Some(2));
+    let o7 = c
+        .http
+        .get(format!("{}/v1/users/{user}/orders/o-7", c.gw()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(o7.text().await.unwrap(), r#"{"sku":"phone-4"}"#);
+
     // Bad input at every endpoint: clear JSON errors, nothing written anywhere.
     let lsns = (c.lsn(0).await, c.lsn(1).await);
+    for (body, who, status, code) in [
+        (
+            json!({ "writes": [
+                { "collection": "orders", "key": "o-8", "value": 1 },
+                { "collection": "profile", "key": "main", "value": 1 },
+            ]}),
+            &token,
+            StatusCode::BAD_REQUEST,
+            "mixed_services",
+        ),
+        (
+            json!({ "writes": [{ "collection": "games", "key": "g", "value": 1 }] }),
+            &token,
+            StatusCode::BAD_REQUEST,
+            "unknown_collection",
+        ),
+        (
+            json!({ "writes": [] }),
+            &token,
+            StatusCode::BAD_REQUEST,
+            "empty_batch",
+        ),
+        (
+            json!({ "writes": [{ "collection": "orders", "key": "o-8", "value": 1 }] }),
+            &other_token,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+    ] {
+        let r = c
+            .http
+            .post(&batch)
+            .bearer_auth(who)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, status, code).await;
+    }
     let signup = format!("{}/v1/signup", c.gw());
     assert_error(
         c.http

@@ -8,6 +8,7 @@
 
 #![deny(clippy::unwrap_used)]
 
+pub mod batch;
 pub mod consent;
 pub mod erasure;
 pub mod export;
@@ -26,6 +27,7 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/v1/signup", post(proxy::signup))
         .route("/v1/users/{user}", delete(erasure::erase))
         .route("/v1/users/{user}/export", get(export::export))
+        .route("/v1/users/{user}/batch", post(batch::batch))
         .route("/v1/users/{user}/consents", get(consent::list))
         .route(
             "/v1/users/{user}/consents/{purpose}",

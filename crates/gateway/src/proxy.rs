@@ -132,6 +132,17 @@ async fn call(
             Ok(r) => r,
             Err(e) => e.into_response(),
         };
+    observe(&state, &method, started, &response);
+    response
+}
+
+/// Counts a proxied call by method and status, and its latency.
+pub(crate) fn observe(
+    state: &GatewayState,
+    method: &Method,
+    started: Instant,
+    response: &Response,
+) {
     state
         .metrics
         .latency
@@ -144,7 +155,6 @@ async fn call(
             status: response.status().as_u16(),
         })
         .inc();
-    response
 }
 
 async fn route_and_forward(

@@ -58,22 +58,14 @@ pub fn epoch(headers: &HeaderMap) -> Result<Option<Epoch>, ApiError> {
 
 /// `If-Match: *` / `If-Match: "<version>"` / `If-None-Match: *`.
 pub fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
-    let if_match = header(headers, "if-match")?;
+    let if_match_header = header(headers, "if-match")?;
     let if_none_match = header(headers, "if-none-match")?;
-    match (if_match, if_none_match) {
+    match (if_match_header, if_none_match) {
         (Some(_), Some(_)) => Err(ApiError::bad(
             "invalid_header",
             "send If-Match or If-None-Match, not both",
         )),
-        (Some(m), None) if m.trim() == "*" => Ok(Precondition::Exists),
-        (Some(m), None) => Version::from_etag(m)
-            .map(Precondition::Version)
-            .ok_or_else(|| {
-                ApiError::bad(
-                    "invalid_header",
-                    "If-Match must be * or an ETag this API returned",
-                )
-            }),
+        (Some(m), None) => if_match(m, "invalid_header"),
         (None, Some(m)) if m.trim() == "*" => Ok(Precondition::Absent),
         (None, Some(_)) => Err(ApiError::bad(
             "invalid_header",
@@ -81,6 +73,17 @@ pub fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
         )),
         (None, None) => Ok(Precondition::None),
     }
+}
+
+/// An `If-Match` value (the header, or a batch write's `if_match`): `*` or an ETag this API
+/// returned; `code` is the error code a bad one gets.
+pub fn if_match(value: &str, code: &'static str) -> Result<Precondition, ApiError> {
+    if value.trim() == "*" {
+        return Ok(Precondition::Exists);
+    }
+    Version::from_etag(value)
+        .map(Precondition::Version)
+        .ok_or_else(|| ApiError::bad(code, "If-Match must be * or an ETag this API returned"))
 }
 
 /// Reads a whole body, refusing it with 413 once it passes `limit` bytes.

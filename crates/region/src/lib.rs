@@ -10,6 +10,7 @@
 
 #![deny(clippy::unwrap_used)]
 
+pub mod batch;
 pub mod blob_transfer;
 pub mod consent;
 pub mod erasure;
@@ -110,6 +111,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
             put(consent::grant).delete(consent::revoke),
         )
         .route("/v1/users/{user}/export", get(export::page))
+        .route("/v1/users/{user}/batch", post(batch::write_batch))
         .route("/v1/users/{user}/{collection}", get(public::list))
         .route(
             "/v1/users/{user}/{collection}/{key}",

@@ -1,5 +1,6 @@
 //! Region node tests, in-process through the router (`tower::ServiceExt::oneshot`).
 
+mod batch_api;
 mod consent_api;
 mod harness;
 mod internal_api;

@@ -35,6 +35,52 @@ pub struct WriteResponse {
     pub version: String,
 }
 
+/// The most writes one batch may carry.
+pub const BATCH_MAX_WRITES: usize = 1000;
+/// The largest batch body, in bytes (each value also stays within the record limit).
+pub const BATCH_MAX_BYTES: u64 = 16 << 20;
+
+/// `POST /v1/users/{user}/batch`: writes of one user's records in one service, applied as one
+/// atomic, durable write (all or none).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub writes: Vec<BatchWrite>,
+}
+
+/// One write of a batch: a put of `value` (any JSON, stored as its text) or a delete.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchWrite {
+    pub collection: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Box<serde_json::value::RawValue>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete: bool,
+    /// As the `If-Match` header of a single write: `*` or an ETag this API returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_match: Option<String>,
+}
+
+/// What the gateway reads of a batch to route it: the collections.
+#[derive(Debug, Deserialize)]
+pub struct BatchRoute {
+    pub writes: Vec<BatchRouteWrite>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BatchRouteWrite {
+    pub collection: String,
+}
+
+/// The answer to a batch: each write's new version, in the request's order (a delete's is the
+/// tombstone's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResponse {
+    pub versions: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListItem {
     pub key: String,
