@@ -72,30 +72,73 @@ async fn put(
     body: Vec<u8>,
     content_type: &str,
 ) -> Result<(), DemoError> {
+    send(
+        http,
+        reqwest::Method::PUT,
+        gateway,
+        u,
+        path,
+        body,
+        content_type,
+    )
+    .await
+}
+
+async fn send(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    gateway: &str,
+    u: &SeededUser,
+    path: &str,
+    body: Vec<u8>,
+    content_type: &str,
+) -> Result<(), DemoError> {
     let url = format!("{gateway}/v1/users/{}/{path}", u.user);
     let r = http
-        .put(&url)
+        .request(method, &url)
         .bearer_auth(&u.token)
         .header("content-type", content_type)
         .body(body)
         .send()
         .await
         .map_err(|e| {
-            DemoError::Seed(format!(
-                "PUT {path}: {e}: {:?}",
-                std::error::Error::source(&e)
-            ))
+            DemoError::Seed(format!("{path}: {e}: {:?}", std::error::Error::source(&e)))
         })?;
     let status = r.status();
     // Read the answer whole: an unread body resets its stream, and peers limit resets.
     let text = r
         .text()
         .await
-        .map_err(|e| DemoError::Seed(format!("PUT {path}: {e}")))?;
+        .map_err(|e| DemoError::Seed(format!("{path}: {e}")))?;
     if !status.is_success() {
-        return Err(DemoError::Seed(format!("PUT {path}: {status} {text}")));
+        return Err(DemoError::Seed(format!("{path}: {status} {text}")));
     }
     Ok(())
+}
+
+/// Writes `writes` (collection, key, value) of one service in one batch.
+async fn batch(
+    http: &reqwest::Client,
+    gateway: &str,
+    u: &SeededUser,
+    writes: &[(&str, &str, serde_json::Value)],
+) -> Result<(), DemoError> {
+    let body = json!({
+        "writes": writes
+            .iter()
+            .map(|(collection, key, value)| json!({ "collection": collection, "key": key, "value": value }))
+            .collect::<Vec<_>>()
+    });
+    send(
+        http,
+        reqwest::Method::POST,
+        gateway,
+        u,
+        "batch",
+        body.to_string().into_bytes(),
+        "application/json",
+    )
+    .await
 }
 
 async fn seed_user(
@@ -135,44 +178,53 @@ async fn seed_user(
         photo: None,
     };
     let j = "application/json";
-    let records: Vec<(String, serde_json::Value)> = vec![
+    // One batch per service (a batch stays within one service, applied all or none).
+    let account = vec![
         (
-            "profile/main".into(),
+            "profile",
+            "main",
             json!({ "name": format!("User {index}"), "market": market.as_str(), "locale": "en" }),
         ),
         (
-            "credentials/password".into(),
+            "credentials",
+            "password",
             json!({ "scheme": "argon2id", "hash": format!("{:032x}", rng.random::<u128>()) }),
         ),
+    ];
+    let shop = vec![
         (
-            "addresses/home".into(),
+            "addresses",
+            "home",
             json!({ "line1": format!("{} Market Street", rng.random_range(1..999)), "country": market.as_str() }),
         ),
         (
-            "orders/o-0001".into(),
+            "orders",
+            "o-0001",
             json!({ "items": [{ "sku": "phone-4", "qty": 1, "price": 1999 }], "status": "delivered" }),
         ),
         (
-            "orders/o-0002".into(),
+            "orders",
+            "o-0002",
             json!({ "items": [{ "sku": "band-1", "qty": 2, "price": 79 }], "status": "shipped" }),
         ),
+    ];
+    let messages = vec![
         (
-            "messages/m-0001".into(),
+            "messages",
+            "m-0001",
             json!({ "to": "friend", "text": "see you at the launch" }),
         ),
         (
-            "messages/m-0002".into(),
+            "messages",
+            "m-0002",
             json!({ "to": "family", "text": "new phone arrived" }),
         ),
-        (
-            "notes/n-0001".into(),
-            json!({ "text": format!("back up photos before the trip {}", o.canary) }),
-        ),
     ];
-    for (path, value) in &records {
-        put(http, gateway, &u, path, value.to_string().into_bytes(), j).await?;
-    }
-    let mut written = records.len() as u64;
+    let mut cloud = vec![(
+        "notes",
+        "n-0001",
+        json!({ "text": format!("back up photos before the trip {}", o.canary) }),
+    )];
     if rng.random::<f64>() < o.contacts_share {
         // Contacts need the user's consent to `contacts-sync`: granted first, as an app would
         // after showing its notice (a write without it is refused with 403 consent_required).
@@ -187,16 +239,12 @@ async fn seed_user(
         )
         .await?;
         let contacts = json!([{ "name": "Mum", "phone": format!("+{}", rng.random_range(10_000_000u64..99_999_999)) }]);
-        put(
-            http,
-            gateway,
-            &u,
-            "contacts/c-0001",
-            contacts.to_string().into_bytes(),
-            j,
-        )
-        .await?;
-        written += 1;
+        cloud.push(("contacts", "c-0001", contacts));
+    }
+    let mut written = 0;
+    for writes in [account, shop, messages, cloud] {
+        written += writes.len() as u64;
+        batch(http, gateway, &u, &writes).await?;
     }
     if rng.random::<f64>() < o.photo_share {
         let mut photo = vec![0u8; rng.random_range(20 * 1024..=200 * 1024)];
