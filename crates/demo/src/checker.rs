@@ -1,7 +1,8 @@
-//! After the run: every acknowledged write is read back from its final home through the
-//! gateway (a missing or different value is a lost write), and every region's store is scanned
-//! for data of ranges it does not own (a copy left behind; an acknowledged write found there is
-//! a duplicate).
+//! After the run: every acknowledged write is read back from its final home — a snapshot of
+//! each range at the region that owns it in the final table, then, for any write that scan did
+//! not find, a read through the gateway (a missing or different value is a lost write) — and
+//! every region's store is scanned for data of ranges it does not own (a copy left behind; an
+//! acknowledged write found there is a duplicate).
 
 use crate::DemoError;
 use crate::seed::SeededUser;
@@ -12,6 +13,9 @@ use domicile_wire::api::{RoutingTable, ScopeRequest};
 use futures::StreamExt;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
+
+/// The collection the simulated clients write to (and the checker reads back).
+const ORDERS: &str = "orders";
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Checked {
@@ -42,11 +46,18 @@ pub async fn check(
         writes: acked.len() as u64,
         ..Checked::default()
     };
-    let mut reads = futures::stream::iter(acked)
+    let found = read_at_owners(nodes, users, acked, table).await?;
+    let unseen: Vec<&AckedWrite> = acked
+        .iter()
+        .zip(&found)
+        .filter(|(_, seen)| !**seen)
+        .map(|(w, _)| w)
+        .collect();
+    let mut reads = futures::stream::iter(unseen)
         .map(|w| {
             let u = &users[w.user];
             let request = http
-                .get(format!("{gateway}/v1/users/{}/orders/{}", u.user, w.key))
+                .get(format!("{gateway}/v1/users/{}/{ORDERS}/{}", u.user, w.key))
                 .bearer_auth(&u.token);
             async move {
                 let found = match request.send().await {
@@ -117,4 +128,56 @@ pub async fn check(
         }
     }
     Ok(out)
+}
+
+/// Which acknowledged writes (all in `orders`) hold their value at their range's owner, by one
+/// snapshot per owned range of the orders' service.
+async fn read_at_owners(
+    nodes: &reqwest::Client,
+    users: &[SeededUser],
+    acked: &[AckedWrite],
+    table: &RoutingTable,
+) -> Result<Vec<bool>, DemoError> {
+    let mut found = vec![false; acked.len()];
+    let orders = domicile_core::CollectionName::new(ORDERS)
+        .map_err(|e| DemoError::Migration(e.to_string()))?;
+    let Some(spec) = table.schema.collection(&orders) else {
+        return Ok(found);
+    };
+    let wanted: BTreeMap<(&str, &str), usize> = acked
+        .iter()
+        .enumerate()
+        .map(|(i, w)| ((users[w.user].user.as_str(), w.key.as_str()), i))
+        .collect();
+    for range in table
+        .placement
+        .ranges()
+        .iter()
+        .filter(|r| r.service == spec.service)
+    {
+        let Some(url) = table.url_of(&range.region) else {
+            continue; // read through the gateway instead
+        };
+        let node = RegionClient::new(url.to_string(), nodes.clone());
+        let scope = ScopeRequest {
+            service: range.service.clone(),
+            market: range.market,
+            buckets: BucketSet::from_ranges([range.buckets]),
+        };
+        let mut snapshot = node.snapshot(&scope).await?;
+        while let Some(batch) = snapshot.next_batch(10_000).await? {
+            for r in &batch {
+                let (Some(value), c) = (&r.value, &r.address.collection) else {
+                    continue;
+                };
+                if c.collection != orders {
+                    continue;
+                }
+                if let Some(&i) = wanted.get(&(c.user.as_str(), r.address.key.as_str())) {
+                    found[i] = value.as_ref() == acked[i].body.as_bytes();
+                }
+            }
+        }
+    }
+    Ok(found)
 }
