@@ -8,41 +8,10 @@ use axum::body::Body;
 use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
-use domicile_core::ServiceName;
 use domicile_http::{ApiError, request};
 use domicile_wire::api::{BATCH_MAX_BYTES, BatchRoute};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// The one service of a batch's collections, or why it has none.
-fn service_of(state: &GatewayState, batch: &BatchRoute) -> Result<ServiceName, ApiError> {
-    let table = state.table();
-    let mut service: Option<ServiceName> = None;
-    for (i, w) in batch.writes.iter().enumerate() {
-        let name = request::collection(&w.collection)?;
-        let spec = table.schema.collection(&name).ok_or_else(|| {
-            ApiError::bad(
-                "unknown_collection",
-                format!("write {i}: the schema has no collection {name}"),
-            )
-        })?;
-        match &service {
-            Some(s) if s != &spec.service => {
-                return Err(ApiError::bad(
-                    "mixed_services",
-                    format!(
-                        "write {i}: {name} belongs to service {}, the batch to {s}; a batch \
-                         stays within one service",
-                        spec.service
-                    ),
-                ));
-            }
-            Some(_) => {}
-            None => service = Some(spec.service.clone()),
-        }
-    }
-    service.ok_or_else(|| ApiError::bad("empty_batch", "a batch needs at least one write"))
-}
 
 pub async fn batch(
     State(state): State<Arc<GatewayState>>,
@@ -55,7 +24,11 @@ pub async fn batch(
     let answer = async {
         let identity = authenticate(&state, &headers, &user)?;
         let bytes = request::body(body, BATCH_MAX_BYTES).await?;
-        let service = service_of(&state, &request::json::<BatchRoute>(&bytes)?)?;
+        let route = request::json::<BatchRoute>(&bytes)?;
+        let service = request::batch_service(
+            &state.table().schema,
+            route.writes.iter().map(|w| w.collection.as_str()),
+        )?;
         let mut payload = Payload::Buffered(bytes);
         let response = forward_routed(
             &state,

@@ -21,6 +21,39 @@ pub fn key(s: &str) -> Result<RecordKey, ApiError> {
     RecordKey::new(s).map_err(|e| ApiError::bad("invalid_id", e.to_string()))
 }
 
+/// The one service of a batch's collections (`POST /v1/users/{user}/batch`), or why it has
+/// none: an unknown collection, collections of two services, no writes at all.
+pub fn batch_service<'a>(
+    schema: &domicile_core::Schema,
+    collections: impl IntoIterator<Item = &'a str>,
+) -> Result<domicile_core::ServiceName, ApiError> {
+    let mut service: Option<domicile_core::ServiceName> = None;
+    for (i, name) in collections.into_iter().enumerate() {
+        let name = collection(name)?;
+        let spec = schema.collection(&name).ok_or_else(|| {
+            ApiError::bad(
+                "unknown_collection",
+                format!("write {i}: the schema has no collection {name}"),
+            )
+        })?;
+        match &service {
+            Some(s) if s != &spec.service => {
+                return Err(ApiError::bad(
+                    "mixed_services",
+                    format!(
+                        "write {i}: {name} belongs to service {}, the batch to {s}; a batch \
+                         stays within one service",
+                        spec.service
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => service = Some(spec.service.clone()),
+        }
+    }
+    service.ok_or_else(|| ApiError::bad("empty_batch", "a batch needs at least one write"))
+}
+
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
     headers
         .get(name)

@@ -10,7 +10,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use domicile_core::{CollectionKind, ServiceName};
+use domicile_core::CollectionKind;
 use domicile_http::{ApiError, request};
 use domicile_store::{CollectionAddress, Mutation, MutationOp, Precondition};
 use domicile_wire::api::{BATCH_MAX_BYTES, BATCH_MAX_WRITES, BatchRequest, BatchResponse};
@@ -33,12 +33,6 @@ fn check(
     headers: &HeaderMap,
     req: BatchRequest,
 ) -> Result<CheckedBatch, ApiError> {
-    if req.writes.is_empty() {
-        return Err(ApiError::bad(
-            "empty_batch",
-            "a batch needs at least one write",
-        ));
-    }
     if req.writes.len() > BATCH_MAX_WRITES {
         return Err(ApiError::bad(
             "batch_too_large",
@@ -48,40 +42,29 @@ fn check(
             ),
         ));
     }
+    let service = request::batch_service(
+        &state.schema,
+        req.writes.iter().map(|w| w.collection.as_str()),
+    )?;
     let user = request::user(user)?;
     let market = request::market(headers)?;
-    let mut service: Option<ServiceName> = None;
     let mut first = None;
     let mut mutations = Vec::with_capacity(req.writes.len());
     let mut purposes = BTreeSet::new();
     let mut seen = HashSet::with_capacity(req.writes.len());
     for (i, w) in req.writes.into_iter().enumerate() {
         let name = request::collection(&w.collection)?;
-        let spec = state.schema.collection(&name).ok_or_else(|| {
-            ApiError::bad(
-                "unknown_collection",
-                format!("write {i}: the schema has no collection {name}"),
-            )
-        })?;
+        // Known, and of `service`: `batch_service` checked every write.
+        let spec = state
+            .schema
+            .collection(&name)
+            .filter(|spec| spec.service == service)
+            .ok_or_else(|| ApiError::Internal(format!("write {i}: {name} left the schema")))?;
         if spec.kind == CollectionKind::Blobs {
             return Err(ApiError::bad(
                 "blob_in_batch",
                 format!("write {i}: {name} holds blobs; send each with its own PUT"),
             ));
-        }
-        match &service {
-            Some(s) if s != &spec.service => {
-                return Err(ApiError::bad(
-                    "mixed_services",
-                    format!(
-                        "write {i}: {name} belongs to service {}, the batch to {s}; a batch \
-                         stays within one service",
-                        spec.service
-                    ),
-                ));
-            }
-            Some(_) => {}
-            None => service = Some(spec.service.clone()),
         }
         let key = request::key(&w.key)?;
         if !seen.insert((name.clone(), key.clone())) {
