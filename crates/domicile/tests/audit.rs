@@ -3,7 +3,7 @@
 //! the export against the pinned public key, and detects every way of tampering with it —
 //! naming the first bad entry.
 
-use super::cluster_processes::{Process, certs, member_client, spawn, url};
+use super::cluster_processes::{Process, certs, member_client, url};
 use domicile_client::control::ControlClient;
 use domicile_control::ledger::{
     GENESIS, LedgerEntry, LedgerExport, LedgerKey, checkpoint_entry, hash_of, kind, seal,
@@ -19,25 +19,15 @@ use std::process::{Command, Output};
 
 /// A control plane over TLS with the test's certificates (`dir/tls`, made once).
 fn start_control(dir: &Path) -> Process {
-    let data = dir.join("control").display().to_string();
     let tls = dir.join("tls");
     if !tls.exists() {
         certs(dir);
     }
-    spawn(&[
-        "control",
-        "--tls-dir",
-        &tls.display().to_string(),
-        "--config",
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../examples/reference-cluster.toml"
-        ),
-        "--data-dir",
-        &data,
-        "--listen",
-        "127.0.0.1:0",
-    ])
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/reference-cluster.toml"
+    );
+    super::cluster_processes::start_control(dir, Path::new(config), &tls, 0)
 }
 
 fn cli(args: &[&str]) -> Output {

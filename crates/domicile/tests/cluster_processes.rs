@@ -60,6 +60,26 @@ pub(crate) fn member_client(tls: &Path) -> reqwest::Client {
     domicile_client::http_client(&role.client)
 }
 
+/// A control plane over TLS on `127.0.0.1:port` (0: the OS picks), its data in `dir/control`.
+pub(crate) fn start_control(dir: &Path, config: &Path, tls: &Path, port: u16) -> Process {
+    spawn(&[
+        "control",
+        "--tls-dir",
+        &tls.display().to_string(),
+        "--config",
+        &config.display().to_string(),
+        "--data-dir",
+        &dir.join("control").display().to_string(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+}
+
+/// The admin credential a control plane wrote when it started.
+pub(crate) fn admin_token(control: &Process) -> String {
+    std::fs::read_to_string(control.ready["admin_token_file"].as_str().unwrap()).unwrap()
+}
+
 pub(crate) fn url(p: &Process, field: &str) -> String {
     p.ready[field]
         .as_str()
@@ -140,23 +160,10 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, domicile_core::reference::CLUSTER_TOML).unwrap();
-        let c = config.display().to_string();
-        let control_dir = dir.path().join("control").display().to_string();
         let tls = certs(dir.path());
-        let control = spawn(&[
-            "control",
-            "--tls-dir",
-            &tls.display().to_string(),
-            "--config",
-            &c,
-            "--data-dir",
-            &control_dir,
-            "--listen",
-            "127.0.0.1:0",
-        ]);
+        let control = start_control(dir.path(), &config, &tls, 0);
         let control_url = url(&control, "control");
-        let admin =
-            std::fs::read_to_string(control.ready["admin_token_file"].as_str().unwrap()).unwrap();
+        let admin = admin_token(&control);
         let http = member_client(&tls);
         let mut regions = Vec::new();
         for region in ["cn-beijing", "us-west"] {

@@ -5,7 +5,8 @@
 //! not own included) and another user's data untouched.
 
 use crate::cluster_processes::{
-    Process, certs, member_client, register, spawn, start_gateway, start_region, url,
+    Process, admin_token, certs, member_client, register, start_control, start_gateway,
+    start_region, url,
 };
 use domicile_store::VersionedRecord;
 use reqwest::StatusCode;
@@ -35,22 +36,10 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, domicile_core::reference::CLUSTER_TOML).unwrap();
-        let control_dir = dir.path().join("control").display().to_string();
         let tls = certs(dir.path());
-        let control = spawn(&[
-            "control",
-            "--tls-dir",
-            &tls.display().to_string(),
-            "--config",
-            &config.display().to_string(),
-            "--data-dir",
-            &control_dir,
-            "--listen",
-            "127.0.0.1:0",
-        ]);
+        let control = start_control(dir.path(), &config, &tls, 0);
         let control_url = url(&control, "control");
-        let admin =
-            std::fs::read_to_string(control.ready["admin_token_file"].as_str().unwrap()).unwrap();
+        let admin = admin_token(&control);
         let http = member_client(&tls);
         let mut regions = Vec::new();
         // Every region of the reference cluster runs: an erasure must reach each one.

@@ -4,7 +4,8 @@
 //! moved.
 
 use super::cluster_processes::{
-    Process, certs, member_client, register, spawn, start_gateway, start_region, url,
+    Process, admin_token, certs, member_client, register, start_control, start_gateway,
+    start_region, url,
 };
 use domicile_client::region::RegionClient;
 use domicile_core::BucketSet;
@@ -53,7 +54,7 @@ fn cutovers_under_writes_lose_and_fail_nothing() {
 /// Control plane, cn-beijing and ap-singapore nodes, a gateway: separate processes.
 struct Cluster {
     dir: tempfile::TempDir,
-    config: String,
+    config: std::path::PathBuf,
     tls: std::path::PathBuf,
     control: Process,
     control_port: u16,
@@ -73,7 +74,6 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, config_toml).unwrap();
-        let config = config.display().to_string();
         let tls = certs(dir.path());
         let control = start_control(dir.path(), &config, &tls, 0);
         let control_url = url(&control, "control");
@@ -82,12 +82,11 @@ impl Cluster {
             .next()
             .and_then(|p| p.parse().ok())
             .unwrap();
-        let admin =
-            std::fs::read_to_string(control.ready["admin_token_file"].as_str().unwrap()).unwrap();
+        let admin = admin_token(&control);
         let http = member_client(&tls);
         let mut regions = Vec::new();
         for region in ["cn-beijing", "ap-singapore"] {
-            let p = start_region(std::path::Path::new(&config), region, &control_url, &tls);
+            let p = start_region(&config, region, &control_url, &tls);
             register(&http, &control_url, &admin, region, &p).await;
             regions.push((region.to_string(), p));
         }
@@ -173,21 +172,6 @@ impl Cluster {
             self.status().await
         );
     }
-}
-
-fn start_control(dir: &std::path::Path, config: &str, tls: &std::path::Path, port: u16) -> Process {
-    let data = dir.join("control").display().to_string();
-    spawn(&[
-        "control",
-        "--tls-dir",
-        &tls.display().to_string(),
-        "--config",
-        config,
-        "--data-dir",
-        &data,
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ])
 }
 
 /// Writers through the gateway, each write a new key; returns what was acknowledged and how
