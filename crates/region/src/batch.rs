@@ -17,14 +17,21 @@ use domicile_wire::api::{BATCH_MAX_BYTES, BATCH_MAX_WRITES, BatchRequest, BatchR
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
-/// A batch checked whole: its service's collections, mutations, and the consent purposes its
-/// puts need.
+/// A batch checked whole: its mutations (at least one; every one of the same user, market,
+/// service and bucket), and the consent purposes its puts need.
 struct CheckedBatch {
-    /// The address of the first write's collection: every write shares its user, market,
-    /// service and bucket.
-    first: CollectionAddress,
     mutations: Vec<Mutation>,
     purposes: BTreeSet<(CollectionAddress, String)>,
+}
+
+impl CheckedBatch {
+    /// The first write's collection: whose user, market, service and bucket every write shares.
+    fn scope(&self) -> Result<&CollectionAddress, ApiError> {
+        self.mutations
+            .first()
+            .map(|m| &m.address.collection)
+            .ok_or_else(|| ApiError::Internal("a batch without writes".into()))
+    }
 }
 
 fn check(
@@ -48,7 +55,6 @@ fn check(
     )?;
     let user = request::user(user)?;
     let market = request::market(headers)?;
-    let mut first = None;
     let mut mutations = Vec::with_capacity(req.writes.len());
     let mut purposes = BTreeSet::new();
     let mut seen = HashSet::with_capacity(req.writes.len());
@@ -111,18 +117,13 @@ fn check(
         if let (Some(purpose), MutationOp::Put(_)) = (&spec.consent, &op) {
             purposes.insert((collection.clone(), purpose.clone()));
         }
-        if first.is_none() {
-            first = Some(collection.clone());
-        }
         mutations.push(Mutation {
             address: collection.record(key),
             op,
             precondition,
         });
     }
-    let first = first.ok_or_else(|| ApiError::Internal("a batch without writes".into()))?;
     Ok(CheckedBatch {
-        first,
         mutations,
         purposes,
     })
@@ -138,7 +139,7 @@ pub async fn write_batch(
     let req: BatchRequest = request::json(&request::body(body, BATCH_MAX_BYTES).await?)?;
     let epoch = request::epoch(&headers)?;
     let batch = check(&state, &user, &headers, req)?;
-    let c = &batch.first;
+    let c = batch.scope()?.clone();
     // Residency first: a forbidden write is refused even if an operator mis-set ownership.
     state.check_residency(c.market, &c.service)?;
     // As a single write: the consent lock from the grant check to the commit, the ownership
@@ -148,7 +149,7 @@ pub async fn write_batch(
         false => Some(state.consent_locks.lock(&c.user).await),
     };
     let gate = state.ownership.read().await;
-    gate.check_collection(c, epoch, true)?;
+    gate.check_collection(&c, epoch, true)?;
     for (collection, purpose) in &batch.purposes {
         crate::consent::require_grant(&state, collection, purpose).await?;
     }

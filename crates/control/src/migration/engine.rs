@@ -215,12 +215,8 @@ impl Engine {
             }
         }
         // Reversing goes on until every window has closed (or the operator interrupts).
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => failure = Some(e),
-                Err(e) => failure = Some(format!("a unit's task failed: {e}")),
-            }
+        if let Err(e) = join_all(tasks).await {
+            failure = Some(e);
         }
         match (self.interrupt(), failure) {
             (Interrupt::RollBack, _) => self.roll_back_phase(p).await,
@@ -440,9 +436,7 @@ impl Engine {
         tracing::info!(phase = %doc.phases[p].resolved.name, paused = hold, "phase completed");
         Ok(())
     }
-}
 
-impl Engine {
     /// Completes the phase's units whose windows have closed: their sources are purged, several
     /// units at once (each purge is checkpointed; the ledger is written after, in order).
     async fn purge_sources(self: &Arc<Self>, p: usize) -> Result<(), String> {
@@ -470,16 +464,21 @@ impl Engine {
                     .map_err(|e| e.to_string())
             });
         }
-        let mut failure = None;
-        while let Some(joined) = purges.join_next().await {
-            match joined {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => failure = Some(e),
-                Err(e) => failure = Some(format!("a purge task failed: {e}")),
-            }
-        }
-        failure.map_or(Ok(()), Err)
+        join_all(purges).await
     }
+}
+
+/// Waits for every task; the last failure, if any (a task that panicked counts as failed).
+async fn join_all(mut tasks: JoinSet<Result<(), String>>) -> Result<(), String> {
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(e),
+            Err(e) => failure = Some(format!("a unit's task failed: {e}")),
+        }
+    }
+    failure.map_or(Ok(()), Err)
 }
 
 /// A `purge` entry's body: a range's copy removed from `region` (the source after a move, the

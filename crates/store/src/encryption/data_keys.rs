@@ -201,10 +201,11 @@ impl DataKeys {
                         .split('/')
                         .next()
                         .and_then(|b| b.parse::<u16>().ok());
+                    // Listed from the range's first bucket on: in it until past its last.
                     match bucket {
                         Some(b) if b > range.last => break 'listing,
-                        Some(b) if scope.buckets.contains(Bucket(b)) => doomed.push(name),
-                        _ => {}
+                        Some(_) => doomed.push(name),
+                        None => {}
                     }
                 }
             }
