@@ -424,13 +424,32 @@ impl BlobStore {
     /// Deletes every blob of `scope`; returns how many. Deletes go out as the listing comes in
     /// (on S3 in bulk requests of up to 1000 keys).
     pub async fn purge(&self, scope: &Scope) -> Result<u64, BlobError> {
+        // One listing of the market's bucket folders, then only those in the scope: a service
+        // without blobs costs one empty listing, not one per bucket of the range.
+        let market = ObjectPath::from(format!("blobs/{}/{}", scope.service, scope.market));
+        let folders = match self.store.list_with_delimiter(Some(&market)).await {
+            Ok(listing) => listing.common_prefixes,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let in_scope: Vec<ObjectPath> = folders
+            .into_iter()
+            .filter(|folder| {
+                folder
+                    .filename()
+                    .and_then(|name| name.parse::<u16>().ok())
+                    .is_some_and(|b| scope.buckets.contains(domicile_core::Bucket(b)))
+            })
+            .collect();
         let mut removed = 0u64;
-        for bucket in scope.buckets.buckets() {
-            let prefix = ObjectPath::from(format!(
-                "blobs/{}/{}/{}",
-                scope.service, scope.market, bucket.0
-            ));
-            removed += self.delete_prefix(&prefix).await?;
+        for chunk in in_scope.chunks(PURGE_FOLDERS_AT_ONCE) {
+            let deleted = futures::future::try_join_all(
+                chunk
+                    .iter()
+                    .map(|folder| delete_prefix(self.store.clone(), folder.clone())),
+            )
+            .await?;
+            removed += deleted.iter().sum::<u64>();
         }
         Ok(removed)
     }
@@ -448,25 +467,28 @@ impl BlobStore {
             "blobs/{service}/{market}/{}/{user}",
             buckets.bucket_of(user).0
         ));
-        self.delete_prefix(&prefix).await
+        delete_prefix(self.store.clone(), prefix).await
     }
+}
 
-    async fn delete_prefix(&self, prefix: &ObjectPath) -> Result<u64, BlobError> {
-        let mut removed = 0u64;
-        let listing = self
-            .store
-            .list(Some(prefix))
-            .map_ok(|meta| meta.location)
-            .boxed();
-        let mut deleted = self.store.delete_stream(listing);
-        while let Some(result) = deleted.next().await {
-            match result {
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => removed += 1,
-                Err(e) => return Err(e.into()),
-            }
+/// Bucket folders a purge deletes at once.
+const PURGE_FOLDERS_AT_ONCE: usize = 16;
+
+/// Deletes every blob under `prefix`; returns how many.
+async fn delete_prefix(store: Arc<dyn ObjectStore>, prefix: ObjectPath) -> Result<u64, BlobError> {
+    let mut removed = 0u64;
+    let listing = store
+        .list(Some(&prefix))
+        .map_ok(|meta| meta.location)
+        .boxed();
+    let mut deleted = store.delete_stream(listing);
+    while let Some(result) = deleted.next().await {
+        match result {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => removed += 1,
+            Err(e) => return Err(e.into()),
         }
-        Ok(removed)
     }
+    Ok(removed)
 }
 
 /// Opens a sealed blob's bytes as they stream out; the last segment is checked at the end, so a

@@ -1,7 +1,7 @@
 //! The blob store: content addressing, streaming, limits, purge.
 
 use bytes::Bytes;
-use domicile_core::{Bucket, BucketSet, Scope};
+use domicile_core::{Bucket, BucketRange, BucketSet, Scope};
 use domicile_store::{BlobError, BlobStore};
 use domicile_store_conformance::fixtures::{BUCKETS, collection, user_in_bucket};
 use futures::TryStreamExt;
@@ -108,27 +108,49 @@ async fn large_blobs_go_through_a_temporary_object_that_a_refusal_removes() {
 async fn purge_deletes_exactly_the_scope() {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::local(dir.path()).unwrap();
-    let (u1, u2) = (
-        user_in_bucket(Bucket(3), "b"),
-        user_in_bucket(Bucket(4), "b"),
-    );
-    let (o1, o2) = (
-        collection("cloud", "MY", &u1, "photos"),
-        collection("cloud", "MY", &u2, "photos"),
-    );
-    let b1 = store.put_bytes(&o1, Bytes::from("one"), 100).await.unwrap();
-    let b2 = store.put_bytes(&o2, Bytes::from("two"), 100).await.unwrap();
+    // Buckets 3 and 4 are in the scope; 30 (a folder name starting with "3") and 7 are not.
+    let mut blobs = Vec::new();
+    for (bucket, body, purged) in [
+        (3, "three", true),
+        (4, "four", true),
+        (30, "thirty", false),
+        (7, "seven", false),
+    ] {
+        let owner = collection(
+            "cloud",
+            "MY",
+            &user_in_bucket(Bucket(bucket), "b"),
+            "photos",
+        );
+        let blob = store
+            .put_bytes(&owner, Bytes::from(body), 100)
+            .await
+            .unwrap();
+        blobs.push((owner, blob, body, purged));
+    }
     let scope = Scope {
-        service: o1.service.clone(),
-        market: o1.market,
-        buckets: BucketSet::from_buckets([Bucket(3)]),
+        service: blobs[0].0.service.clone(),
+        market: blobs[0].0.market,
+        buckets: BucketSet::from_ranges([BucketRange::new(3, 4).unwrap()]),
     };
-    assert_eq!(store.purge(&scope).await.unwrap(), 1);
-    assert!(matches!(
-        store.get_stream(&o1, &b1.hash).await,
-        Err(BlobError::NotFound)
-    ));
-    assert_eq!(read_all(&store, &o2, &b2.hash).await, b"two");
+    assert_eq!(store.purge(&scope).await.unwrap(), 2);
+    for (owner, blob, body, purged) in &blobs {
+        if *purged {
+            assert!(matches!(
+                store.get_stream(owner, &blob.hash).await,
+                Err(BlobError::NotFound)
+            ));
+        } else {
+            assert_eq!(read_all(&store, owner, &blob.hash).await, body.as_bytes());
+        }
+    }
+    assert_eq!(store.purge(&scope).await.unwrap(), 0, "nothing left");
+    // A service with no blobs in the market: nothing to list, nothing deleted.
+    let no_blobs = Scope {
+        service: "account".parse().unwrap(),
+        ..scope
+    };
+    assert_eq!(store.purge(&no_blobs).await.unwrap(), 0);
 }
 
 #[tokio::test]
