@@ -28,7 +28,7 @@ const CREATE_SHARDS: usize = 64;
 /// Metadata names listed per page while destroying a scope's keys.
 const LIST_PAGE: usize = 1024;
 /// Key deletes in flight at once while destroying many (they share the engine's group commits).
-const DESTROYS_AT_ONCE: usize = 64;
+const DESTROYS_AT_ONCE: usize = 4096;
 
 /// Whose data a data key seals.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -112,9 +112,13 @@ impl DataKeys {
         }
     }
 
-    fn shard(&self, name: &str) -> &tokio::sync::Mutex<()> {
+    fn shard_of(name: &str) -> usize {
         let h = blake3::hash(name.as_bytes());
-        &self.creating[usize::from(h.as_bytes()[0]) % CREATE_SHARDS]
+        usize::from(h.as_bytes()[0]) % CREATE_SHARDS
+    }
+
+    fn shard(&self, name: &str) -> &tokio::sync::Mutex<()> {
+        &self.creating[Self::shard_of(name)]
     }
 
     async fn load(&self, name: &str) -> Result<Option<Arc<RandomizedNonceKey>>, StoreError> {
@@ -171,15 +175,6 @@ impl DataKeys {
             .ok_or_else(|| EncryptionError::KeyDestroyed(name).into())
     }
 
-    async fn destroy(&self, name: &str) -> Result<(), StoreError> {
-        let _no_maker = self.shard(name).lock().await;
-        self.store.delete_meta(name).await?;
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(name);
-        }
-        Ok(())
-    }
-
     /// Destroys every data key of `scope` (a completed move's source, a rolled-back target);
     /// returns how many.
     pub async fn destroy_scope(&self, scope: &Scope) -> Result<u64, StoreError> {
@@ -214,15 +209,31 @@ impl DataKeys {
         Ok(doomed.len() as u64)
     }
 
-    /// Destroys `names` at once (their deletes share group commits), then scrubs once.
+    /// Destroys `names` at once, then scrubs once. The makers' locks of their shards are held
+    /// (taken in shard order, so two destroyers never deadlock) while every delete is queued
+    /// together: the deletes share the engine's group commits, and no maker can cache a key
+    /// being destroyed.
     async fn destroy_all(&self, names: &[String]) -> Result<(), StoreError> {
         if names.is_empty() {
             return Ok(());
         }
-        for some in names.chunks(DESTROYS_AT_ONCE) {
-            let deletes: Vec<_> = some.iter().map(|name| self.destroy(name)).collect();
-            futures::future::try_join_all(deletes).await?;
+        let mut shards: Vec<usize> = names.iter().map(|n| Self::shard_of(n)).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let mut no_makers = Vec::with_capacity(shards.len());
+        for shard in shards {
+            no_makers.push(self.creating[shard].lock().await);
         }
+        for some in names.chunks(DESTROYS_AT_ONCE) {
+            futures::future::try_join_all(some.iter().map(|name| self.store.delete_meta(name)))
+                .await?;
+        }
+        if let Ok(mut cache) = self.cache.lock() {
+            for name in names {
+                cache.remove(name);
+            }
+        }
+        drop(no_makers);
         self.scrub().await
     }
 
