@@ -116,7 +116,13 @@ impl TokenIssuer {
         claims
             .add_additional("mkt", identity.market.as_str())
             .map_err(err)?;
-        public::sign(&self.secret, &claims, None, None).map_err(err)
+        let token = public::sign(&self.secret, &claims, None, None).map_err(err)?;
+        // A token this gateway has just signed needs no verifying on its first call.
+        if let Some(expires) = expiry(&claims) {
+            let key = *blake3::hash(token.as_bytes()).as_bytes();
+            self.verified.put(key, identity.clone(), expires);
+        }
+        Ok(token)
     }
 
     /// Checks signature and expiry; returns who the token is for.
@@ -149,17 +155,21 @@ impl TokenIssuer {
             market: Market::new(market).map_err(|_| TokenError::Invalid)?,
         };
         // Cache only what says when it expires (pasetors has just checked that it has not).
-        let expires = claims
-            .get_claim("exp")
-            .and_then(|v| v.as_str())
-            .and_then(|e| {
-                time::OffsetDateTime::parse(e, &time::format_description::well_known::Rfc3339).ok()
-            });
-        if let Some(expires) = expires {
+        if let Some(expires) = expiry(claims) {
             self.verified.put(key, identity.clone(), expires);
         }
         Ok(identity)
     }
+}
+
+/// A token's expiry, from its `exp` claim.
+fn expiry(claims: &Claims) -> Option<time::OffsetDateTime> {
+    claims
+        .get_claim("exp")
+        .and_then(|v| v.as_str())
+        .and_then(|e| {
+            time::OffsetDateTime::parse(e, &time::format_description::well_known::Rfc3339).ok()
+        })
 }
 
 #[cfg(test)]
@@ -177,6 +187,12 @@ mod tests {
     fn tokens_round_trip_and_forgeries_fail() {
         let issuer = TokenIssuer::generate(Duration::from_secs(60)).unwrap();
         let token = issuer.issue(&identity()).unwrap();
+        let key = *blake3::hash(token.as_bytes()).as_bytes();
+        assert_eq!(
+            issuer.verified.get(&key),
+            Some(identity()),
+            "issued, so known valid"
+        );
         assert_eq!(issuer.verify(&token).unwrap(), identity());
         let other = TokenIssuer::generate(Duration::from_secs(60)).unwrap();
         assert!(
