@@ -75,31 +75,32 @@ pub async fn run(s: &Setting<'_>, live: &Live, plan: &str) -> Result<PhasesOutco
     });
     let mut tables = Vec::new();
     let status = loop {
-        let status = follow(s.admin, s.options.progress, |_| {}).await?;
-        match (status.state, &status.error) {
-            (RunState::Paused, None) | (RunState::Completed, None) => {
-                let done = tables.len();
-                tables.push(s.control.current().await?);
-                let name = names.get(done).cloned().unwrap_or_default();
-                live.set_label(&name);
-                hold(
-                    &window_bar(s.options, s.after_seconds, &format!("after {name}")),
-                    s.after_seconds,
-                )
-                .await;
-                if status.state == RunState::Completed {
-                    break status;
-                }
-                live.set_label(&during(done + 1));
-                s.admin.steer("resume").await?;
-            }
-            (state, error) => {
-                return Err(DemoError::Migration(format!(
-                    "the migration stopped {state:?}: {}",
-                    error.as_deref().unwrap_or("no error given")
-                )));
-            }
+        let done = tables.len();
+        // The window after a phase opens once its last unit has cut over: from then every
+        // request of the phase is served from its new home, and the rollback window and the
+        // purge run beside the measurement, as they would beside an operator's traffic.
+        let cut_over = follow(s.admin, s.options.progress, |st| {
+            st.phases
+                .get(done)
+                .is_some_and(|p| p.waves_started == p.waves && p.cutovers >= p.units)
+        })
+        .await?;
+        stopped_badly(&cut_over)?;
+        tables.push(s.control.current().await?);
+        let name = names.get(done).cloned().unwrap_or_default();
+        live.set_label(&name);
+        hold(
+            &window_bar(s.options, s.after_seconds, &format!("after {name}")),
+            s.after_seconds,
+        )
+        .await;
+        let status = follow(s.admin, s.options.progress, |_| false).await?;
+        stopped_badly(&status)?;
+        if status.state == RunState::Completed {
+            break status;
         }
+        live.set_label(&during(done + 1));
+        s.admin.steer("resume").await?;
     };
     let flash = match sale {
         Some(task) => Some(
@@ -113,4 +114,15 @@ pub async fn run(s: &Setting<'_>, live: &Live, plan: &str) -> Result<PhasesOutco
         tables,
         flash,
     })
+}
+
+/// An error unless the run is running, paused between phases, or completed.
+fn stopped_badly(status: &MigrationStatus) -> Result<(), DemoError> {
+    match (status.state, &status.error) {
+        (RunState::Running | RunState::Paused | RunState::Completed, None) => Ok(()),
+        (state, error) => Err(DemoError::Migration(format!(
+            "the migration stopped {state:?}: {}",
+            error.as_deref().unwrap_or("no error given")
+        ))),
+    }
 }

@@ -109,9 +109,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     // Stop every server before the data dir is scanned (and the temporary one goes), whatever
     // the workload did.
     cluster.shutdown().await?;
+    step("cluster stopped", started);
     let mut report = outcome?;
     report.plaintext_hits = domicile_demo::canary::plaintext_hits(&data_dir, &options.canary)
         .with_context(|| format!("scan {} for the canary", data_dir.display()))?;
+    step("data dir scanned for the canary", started);
     drop(temp);
     report.seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
     present(&report, &args)
@@ -178,6 +180,7 @@ async fn workload(
         "before",
     )?;
     hold(&window_bar(&options, args.seconds, "before"), args.seconds).await;
+    step("before window measured", started);
 
     let token = std::fs::read_to_string(&e.admin_token_file)
         .with_context(|| format!("read {}", e.admin_token_file.display()))?;
@@ -204,6 +207,7 @@ async fn workload(
     };
     let traffic = live.stop().await?;
     watcher.abort();
+    step("migration done, traffic stopped", started);
     let migrated = migrated.transpose()?;
     for (label, markets) in traffic.by_label {
         report.add_phase(&label, markets);
@@ -218,6 +222,7 @@ async fn workload(
     }
     let final_table = control.current().await?;
     let checked = checker::check(&http, nodes, &e.gateway, &users, &acked, &final_table).await?;
+    step("acknowledged writes checked", started);
     report.acknowledged_writes = checked.writes;
     report.copies_left_behind = checked.copies_left_behind;
     report.photos_checked = checked.photos;
@@ -277,8 +282,18 @@ async fn workload(
             Err(bad) => eprintln!("ledger NOT verified: {bad}"),
         }
         report.ledger_entries = export.entries.len() as u64;
+        step("ledger verified", started);
     }
     Ok(report)
+}
+
+/// Logs how long the demo has run when it finishes a step (`RUST_LOG=domicile=info`).
+fn step(name: &str, started: Instant) {
+    tracing::info!(
+        step = name,
+        at_s = started.elapsed().as_secs_f64(),
+        "demo step done"
+    );
 }
 
 /// Prints the tables and the summary, and writes the JSON report.

@@ -145,7 +145,7 @@ async fn run_plan(args: RunArgs) -> Result<()> {
     if args.detach {
         return out(&format!("started migration {}\n", started.id));
     }
-    let status = follow(&client, !args.json, |_| {}).await?;
+    let status = follow(&client, !args.json, |_| false).await?;
     out(&if args.json {
         serde_json::to_string_pretty(&status)? + "\n"
     } else {

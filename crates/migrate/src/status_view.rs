@@ -6,11 +6,12 @@ use domicile_client::admin::AdminClient;
 use domicile_wire::migration::{MigrationStatus, RunState};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// Polls the run's status until it stops running, with a progress bar per phase.
+/// Polls the run's status until it stops running or `until` says so (the bars are then cleared,
+/// for the next `follow` to draw again), with a progress bar per phase.
 pub async fn follow(
     client: &AdminClient,
     bars: bool,
-    mut on_poll: impl FnMut(&MigrationStatus),
+    mut until: impl FnMut(&MigrationStatus) -> bool,
 ) -> Result<MigrationStatus, ClientError> {
     let multi = MultiProgress::new();
     if !bars {
@@ -22,7 +23,7 @@ pub async fn follow(
     let mut phase_bars: Vec<ProgressBar> = Vec::new();
     loop {
         let status = client.migration().await?;
-        on_poll(&status);
+        let reached = until(&status);
         for (i, p) in status.phases.iter().enumerate() {
             if phase_bars.len() <= i {
                 let bar = multi.add(ProgressBar::new(0).with_style(style.clone()));
@@ -42,6 +43,12 @@ pub async fn follow(
                 "· wave {}/{} · {} records · {:?}",
                 p.waves_started, p.waves, p.records_moved, p.state
             ));
+        }
+        if reached {
+            for bar in &phase_bars {
+                bar.finish_and_clear();
+            }
+            return Ok(status);
         }
         if status.state != RunState::Running && status.state != RunState::RollingBack {
             for bar in &phase_bars {
