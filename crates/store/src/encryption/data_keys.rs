@@ -27,8 +27,8 @@ const CACHE_KEYS: usize = 65_536;
 const CREATE_SHARDS: usize = 64;
 /// Metadata names listed per page while destroying a scope's keys.
 const LIST_PAGE: usize = 1024;
-/// Key deletes in flight at once while destroying many (they share the engine's group commits).
-const DESTROYS_AT_ONCE: usize = 4096;
+/// Key deletes queued at once while destroying many (they share the engine's group commits).
+const DESTROYS_AT_ONCE: usize = 256;
 
 /// Whose data a data key seals.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -209,31 +209,31 @@ impl DataKeys {
         Ok(doomed.len() as u64)
     }
 
-    /// Destroys `names` at once, then scrubs once. The makers' locks of their shards are held
-    /// (taken in shard order, so two destroyers never deadlock) while every delete is queued
-    /// together: the deletes share the engine's group commits, and no maker can cache a key
-    /// being destroyed.
+    /// Destroys `names`, a chunk at a time, then scrubs once. For each chunk the makers' locks
+    /// of its shards are held (taken in shard order, so two destroyers never deadlock) while its
+    /// deletes are queued together: they share the engine's group commits, no maker can cache a
+    /// key being destroyed, and a maker waits for one chunk's commit at most, not the whole
+    /// scope's (a 27k-key purge holding every lock stalled the region's new keys for seconds).
     async fn destroy_all(&self, names: &[String]) -> Result<(), StoreError> {
         if names.is_empty() {
             return Ok(());
         }
-        let mut shards: Vec<usize> = names.iter().map(|n| Self::shard_of(n)).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        let mut no_makers = Vec::with_capacity(shards.len());
-        for shard in shards {
-            no_makers.push(self.creating[shard].lock().await);
-        }
-        for some in names.chunks(DESTROYS_AT_ONCE) {
-            futures::future::try_join_all(some.iter().map(|name| self.store.delete_meta(name)))
+        for chunk in names.chunks(DESTROYS_AT_ONCE) {
+            let mut shards: Vec<usize> = chunk.iter().map(|n| Self::shard_of(n)).collect();
+            shards.sort_unstable();
+            shards.dedup();
+            let mut no_makers = Vec::with_capacity(shards.len());
+            for shard in shards {
+                no_makers.push(self.creating[shard].lock().await);
+            }
+            futures::future::try_join_all(chunk.iter().map(|name| self.store.delete_meta(name)))
                 .await?;
-        }
-        if let Ok(mut cache) = self.cache.lock() {
-            for name in names {
-                cache.remove(name);
+            if let Ok(mut cache) = self.cache.lock() {
+                for name in chunk {
+                    cache.remove(name);
+                }
             }
         }
-        drop(no_makers);
         self.scrub().await
     }
 
