@@ -13,6 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How many records one group may carry before it is committed (bounds memory and latency).
 pub(crate) const MAX_GROUP_RECORDS: usize = 16_384;
+/// Entries a purge removes per turn of the writer.
+pub(crate) const PURGE_TURN: usize = 4_096;
 
 /// How many requests may wait for the writer before callers wait to queue.
 pub(crate) const QUEUE_DEPTH: usize = 4096;
@@ -22,10 +24,12 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 pub(crate) enum Request {
     /// Requests that share a group (and its durable commit).
     Grouped(Grouped),
-    /// Purges and trims run alone, between groups. A purge removes every stored entry whose
-    /// record key falls in one of its half-open ranges, unlogged.
+    /// Purges and trims run alone, between groups. A purge removes stored entries whose
+    /// record key falls in one of its half-open ranges, unlogged: at least `limit` of them if
+    /// there are that many (an engine may remove more in one turn), and says how many.
     Purge {
         ranges: Vec<(Vec<u8>, Vec<u8>)>,
+        limit: usize,
         reply: Reply<u64>,
     },
     Trim {
@@ -232,7 +236,27 @@ impl Submit<'_> {
             .iter()
             .map(|r| crate::keys::bucket_range_bounds(&scope.service, scope.market, *r))
             .collect();
-        self.send(|reply| Request::Purge { ranges, reply }).await
+        self.purge_ranges(ranges).await
+    }
+
+    /// A purge in turns of [`PURGE_TURN`] entries, so that the region's writes go on between
+    /// them (a 60k-record purge run in one turn held a busy region's writes for 5 s).
+    async fn purge_ranges(&self, ranges: Vec<(Vec<u8>, Vec<u8>)>) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        loop {
+            let ranges = ranges.clone();
+            let turn = self
+                .send(|reply| Request::Purge {
+                    ranges,
+                    limit: PURGE_TURN,
+                    reply,
+                })
+                .await?;
+            removed += turn;
+            if turn < PURGE_TURN as u64 {
+                return Ok(removed);
+            }
+        }
     }
 
     pub async fn purge_user(
@@ -243,7 +267,7 @@ impl Submit<'_> {
         buckets: BucketCount,
     ) -> Result<u64, StoreError> {
         let ranges = vec![crate::keys::user_bounds(service, market, user, buckets)];
-        self.send(|reply| Request::Purge { ranges, reply }).await
+        self.purge_ranges(ranges).await
     }
 
     pub async fn trim(&self, upto: Lsn) -> Result<u64, StoreError> {

@@ -67,9 +67,13 @@ impl Writer {
                 continue;
             }
             match request {
-                Request::Purge { ranges, reply } => {
+                Request::Purge {
+                    ranges,
+                    limit,
+                    reply,
+                } => {
                     self.commit(group.take());
-                    let _ = reply.send(self.purge(&ranges));
+                    let _ = reply.send(self.purge(&ranges, limit));
                 }
                 Request::Trim { upto, reply } => {
                     self.commit(group.take());
@@ -301,14 +305,19 @@ impl Writer {
         self.commit_batch(batch, lsn)
     }
 
-    fn purge(&self, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<u64, StoreError> {
+    /// Removes up to `limit` records of `ranges` (in durable chunks).
+    fn purge(&self, ranges: &[(Vec<u8>, Vec<u8>)], limit: usize) -> Result<u64, StoreError> {
         let mut removed = 0u64;
         for (start, end) in ranges {
             loop {
+                let left = limit.saturating_sub(removed as usize);
+                if left == 0 {
+                    return Ok(removed);
+                }
                 let chunk: Vec<Vec<u8>> = self
                     .records
                     .range(start.clone()..end.clone())
-                    .take(DELETE_CHUNK)
+                    .take(DELETE_CHUNK.min(left))
                     .map(|g| g.key().map(|k| k.to_vec()))
                     .collect::<Result<_, _>>()?;
                 if chunk.is_empty() {

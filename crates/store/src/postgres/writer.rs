@@ -201,7 +201,8 @@ impl Writer {
         for request in queued {
             match request {
                 Request::Grouped(g) => group.push(g),
-                Request::Purge { ranges, reply } => {
+                // One statement per range, whatever the limit: it may remove more.
+                Request::Purge { ranges, reply, .. } => {
                     self.commit_group(std::mem::take(&mut group)).await;
                     let result = match self.usable() {
                         Ok(()) => self.purge(ranges).await,
