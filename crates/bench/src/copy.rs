@@ -16,7 +16,7 @@ use domicile_store::{
 };
 use domicile_wire::api::ScopeRequest;
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,17 @@ impl CopyEngine {
             _ => "postgres",
         }
     }
+}
+
+/// Where the benchmark's two region nodes run.
+#[derive(Debug, Clone)]
+pub enum Nodes {
+    /// In this process, sealing at rest as a cluster runs them (`true`), or not (`false`: the
+    /// plain baseline of `bench encryption`).
+    InProcess { encrypted: bool },
+    /// Each its own `domicile region` process started from `exe` (sealing at rest), as a
+    /// cluster runs them: each node's memory is then read alone.
+    Processes { exe: PathBuf },
 }
 
 /// A region's store as the benchmark set it up (a throwaway cluster lives as long as this).
@@ -96,6 +107,8 @@ pub struct CopyBenchReport {
     pub to: String,
     /// Both nodes sealing at rest (as every cluster runs them).
     pub encrypted: bool,
+    /// `processes` (each node its own process) or `in-process`.
+    pub nodes: &'static str,
     pub records: u64,
     pub records_per_s: f64,
     pub mb_per_s: f64,
@@ -108,12 +121,130 @@ pub struct CopyBenchReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio: Option<f64>,
     pub verified: bool,
-    /// Peak RSS (MiB) of the process — source node, target node and mover — during the copy.
+    /// Peak RSS (MiB) of this process during the copy: the mover, and with `in-process` nodes
+    /// both nodes as well.
     pub peak_rss_mib_during_copy: Option<f64>,
+    /// Peak RSS (MiB) of each node's own process during the copy (`processes` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib_source_node: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib_target_node: Option<f64>,
     pub machine: Machine,
 }
 
-/// A region node serving until `stop` fires; the handle finishes when it has closed its store.
+/// A running benchmark node.
+enum RunningNode {
+    /// Serving until the benchmark's stop fires; finishes when it has closed its store.
+    InProcess(tokio::task::JoinHandle<()>),
+    Process(Box<NodeProcess>),
+}
+
+/// A `domicile region` process (its stdout, which printed the ready line, kept open).
+struct NodeProcess {
+    child: tokio::process::Child,
+    _stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl RunningNode {
+    fn pid(&self) -> Option<String> {
+        match self {
+            Self::InProcess(_) => None,
+            Self::Process(node) => node.child.id().map(|p| p.to_string()),
+        }
+    }
+
+    async fn stop(self) -> Result<(), BenchError> {
+        match self {
+            Self::InProcess(served) => served.await.map_err(|e| BenchError::Task(e.to_string())),
+            // Killed outright: its data is the benchmark's, thrown away after the run.
+            Self::Process(mut node) => node
+                .child
+                .kill()
+                .await
+                .map_err(|e| BenchError::Task(format!("stop a region node: {e}"))),
+        }
+    }
+}
+
+/// The reference cluster config with `region`'s store at `store`.
+fn config_with_store(
+    mut config: domicile_core::ClusterConfig,
+    region: &str,
+    store: &str,
+) -> Result<domicile_core::ClusterConfig, BenchError> {
+    let id = RegionId::new(region).map_err(|e| BenchError::Task(e.to_string()))?;
+    for r in config.regions.iter_mut().filter(|r| r.id == id) {
+        r.store = store.to_string();
+    }
+    Ok(config)
+}
+
+/// The cluster config `text` with `region`'s store line set to `spec`.
+fn store_line(text: String, region: &str, spec: &str) -> Result<String, BenchError> {
+    let reference = format!("store = \"embedded:data/{region}/store\"");
+    let line = format!("store = {}", toml::Value::String(spec.to_string()));
+    let text = text.replace(&reference, &line);
+    let config = domicile_core::ClusterConfig::from_toml(&text)
+        .map_err(|e| BenchError::Task(format!("the nodes' config: {e}")))?;
+    let set = config
+        .regions
+        .iter()
+        .any(|r| r.id.as_str() == region && r.store == spec);
+    set.then_some(text)
+        .ok_or_else(|| BenchError::Task(format!("the reference config has no {reference}")))
+}
+
+/// `domicile region` for `region` of the config at `config`, on a free loopback port; returns
+/// its URL once it has printed its ready line.
+async fn spawn(
+    exe: &Path,
+    config: &Path,
+    region: &str,
+    dir: &Path,
+) -> Result<(String, RunningNode), BenchError> {
+    use tokio::io::AsyncBufReadExt;
+    let failed = |e: std::io::Error| BenchError::Task(format!("start {region}'s node: {e}"));
+    let log = std::fs::File::create(dir.join(format!("{region}.log"))).map_err(failed)?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg("region")
+        .arg("--config")
+        .arg(config)
+        .args(["--region", region, "--listen", "127.0.0.1:0", "--tls-dir"])
+        .arg(dir.join("tls"))
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(failed)?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| BenchError::Task(format!("{region}'s node: no stdout")))?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let Some(line) = lines.next_line().await.map_err(failed)? else {
+        return Err(BenchError::Task(format!(
+            "{region}'s node exited before it served; see {}",
+            dir.join(format!("{region}.log")).display()
+        )));
+    };
+    #[derive(serde::Deserialize)]
+    struct Ready {
+        url: String,
+    }
+    let ready: Ready = serde_json::from_str(&line)
+        .map_err(|e| BenchError::Task(format!("{region}'s ready line {line:?}: {e}")))?;
+    Ok((
+        ready.url,
+        RunningNode::Process(Box::new(NodeProcess {
+            child,
+            _stdout: lines,
+        })),
+    ))
+}
+
+/// A region node in this process, serving until `stop` fires.
 async fn start(
     region: &str,
     store: &str,
@@ -121,12 +252,9 @@ async fn start(
     tls: &domicile_tls::ServerTransport,
     stop: &tokio::sync::watch::Sender<bool>,
     encrypted: bool,
-) -> Result<(String, tokio::task::JoinHandle<()>), BenchError> {
-    let mut config = domicile_core::reference::cluster_config();
+) -> Result<(String, RunningNode), BenchError> {
+    let config = config_with_store(domicile_core::reference::cluster_config(), region, store)?;
     let id = RegionId::new(region).map_err(|e| BenchError::Task(e.to_string()))?;
-    for r in config.regions.iter_mut().filter(|r| r.id == id) {
-        r.store = store.to_string();
-    }
     let state = if encrypted {
         domicile_region::open(&config, &id, dir).await?
     } else {
@@ -149,18 +277,21 @@ async fn start(
             eprintln!("region node: {e}");
         }
     });
-    Ok((url, served))
+    Ok((url, RunningNode::InProcess(served)))
 }
 
-/// Copies `records` records between two region nodes; `encrypted` as a cluster runs them
-/// (`false` only as `bench encryption`'s baseline).
+/// Copies `records` records between two region nodes run as `nodes` says.
 pub async fn run_copy_bench(
     records: u64,
     from: &CopyEngine,
     to: &CopyEngine,
     dir: &Path,
-    encrypted: bool,
+    nodes: &Nodes,
 ) -> Result<CopyBenchReport, BenchError> {
+    let encrypted = match nodes {
+        Nodes::InProcess { encrypted } => *encrypted,
+        Nodes::Processes { .. } => true,
+    };
     let order = ImportOrder::new(records);
     let source_store = set_up(from, "cn-beijing").await?;
     let target_store = set_up(to, "ap-mumbai").await?;
@@ -185,24 +316,46 @@ pub async fn run_copy_bench(
         .client;
     let http = domicile_client::http_client(&client);
     let (stop, _) = tokio::sync::watch::channel(false);
-    let (source_url, source_node) = start(
-        "cn-beijing",
-        &source_store.spec,
-        dir,
-        &server,
-        &stop,
-        encrypted,
-    )
-    .await?;
-    let (target_url, target_node) = start(
-        "ap-mumbai",
-        &target_store.spec,
-        dir,
-        &server,
-        &stop,
-        encrypted,
-    )
-    .await?;
+    let ((source_url, source_node), (target_url, target_node)) = match nodes {
+        Nodes::InProcess { encrypted } => (
+            start(
+                "cn-beijing",
+                &source_store.spec,
+                dir,
+                &server,
+                &stop,
+                *encrypted,
+            )
+            .await?,
+            start(
+                "ap-mumbai",
+                &target_store.spec,
+                dir,
+                &server,
+                &stop,
+                *encrypted,
+            )
+            .await?,
+        ),
+        Nodes::Processes { exe } => {
+            let text = [
+                ("cn-beijing", &source_store.spec),
+                ("ap-mumbai", &target_store.spec),
+            ]
+            .iter()
+            .try_fold(
+                domicile_core::reference::CLUSTER_TOML.to_string(),
+                |text, (region, spec)| store_line(text, region, spec),
+            )?;
+            let path = dir.join("cluster.toml");
+            std::fs::write(&path, text)
+                .map_err(|e| BenchError::Task(format!("{}: {e}", path.display())))?;
+            // One after the other: the first makes the keyring file both share.
+            let source = spawn(exe, &path, "cn-beijing", dir).await?;
+            let target = spawn(exe, &path, "ap-mumbai", dir).await?;
+            (source, target)
+        }
+    };
     let source = RegionClient::new(source_url, http.clone());
     let target = RegionClient::new(target_url, http);
     let mut start_at = 0;
@@ -222,8 +375,20 @@ pub async fn run_copy_bench(
         scope,
         buckets: domicile_core::BucketCount::DEFAULT,
     };
-    let reset = crate::machine::reset_peak_rss();
+    let node_pids = [source_node.pid(), target_node.pid()];
+    let reset = crate::machine::reset_peak_rss()
+        && node_pids
+            .iter()
+            .flatten()
+            .all(|pid| crate::machine::reset_peak_rss_of(pid));
     let copied = mover.copy(|_| {}).await?;
+    let peak_of = |pid: &Option<String>| {
+        pid.as_deref()
+            .filter(|_| reset)
+            .and_then(crate::machine::peak_rss_mib_of)
+            .map(|m| (m * 10.0).round() / 10.0)
+    };
+    let (peak_source, peak_target) = (peak_of(&node_pids[0]), peak_of(&node_pids[1]));
     let peak_rss = if reset {
         crate::machine::peak_rss_mib()
     } else {
@@ -233,7 +398,7 @@ pub async fn run_copy_bench(
     drop(mover);
     stop.send_replace(true);
     for node in [source_node, target_node] {
-        node.await.map_err(|e| BenchError::Task(e.to_string()))?;
+        node.stop().await?;
     }
 
     let dump_restore = match (&source_store.postgres, &target_store.postgres) {
@@ -287,6 +452,10 @@ pub async fn run_copy_bench(
         from: from.name().into(),
         to: to.name().into(),
         encrypted,
+        nodes: match nodes {
+            Nodes::InProcess { .. } => "in-process",
+            Nodes::Processes { .. } => "processes",
+        },
         records: copied.records,
         records_per_s: rate.round(),
         mb_per_s: (copied.bytes as f64 / (1 << 20) as f64 / copied.seconds * 10.0).round() / 10.0,
@@ -296,6 +465,8 @@ pub async fn run_copy_bench(
         ratio: dump_rate.map(|d| (rate / d * 100.0).round() / 100.0),
         verified,
         peak_rss_mib_during_copy: peak_rss.map(|m| (m * 10.0).round() / 10.0),
+        peak_rss_mib_source_node: peak_source,
+        peak_rss_mib_target_node: peak_target,
         machine: Machine::current(),
     })
 }

@@ -3,7 +3,7 @@
 //! through `EncryptedStore`, and the same region-to-region copy between plain and sealing
 //! nodes — each pair measured side by side in one run.
 
-use crate::copy::{CopyBenchReport, CopyEngine, run_copy_bench};
+use crate::copy::{CopyBenchReport, CopyEngine, Nodes, run_copy_bench};
 use crate::machine::Machine;
 use crate::store::{
     BenchError, ImportOrder, StoreBenchOptions, fresh_dir, import_scan_read, store_durable_writes,
@@ -92,7 +92,7 @@ pub async fn run_encryption_bench(
             &CopyEngine::Embedded,
             &CopyEngine::Embedded,
             &dir,
-            false,
+            &Nodes::InProcess { encrypted: false },
         )
         .await?
     };
@@ -103,7 +103,7 @@ pub async fn run_encryption_bench(
             &CopyEngine::Embedded,
             &CopyEngine::Embedded,
             &dir,
-            true,
+            &Nodes::InProcess { encrypted: true },
         )
         .await?
     };

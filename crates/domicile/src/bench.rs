@@ -73,6 +73,10 @@ pub struct CopyArgs {
     /// `pg_dump | pg_restore` baseline.
     #[arg(long, default_value = "embedded")]
     to: String,
+    /// Run both region nodes inside this process instead of as `domicile region` processes
+    /// of their own (then only the whole process's memory can be read).
+    #[arg(long)]
+    in_process: bool,
 }
 
 #[derive(Args)]
@@ -124,8 +128,15 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
                 .tempdir_in(std::env::current_dir()?)?;
             let from = domicile_bench::copy::CopyEngine::parse(&args.from)?;
             let to = domicile_bench::copy::CopyEngine::parse(&args.to)?;
+            let nodes = if args.in_process {
+                domicile_bench::copy::Nodes::InProcess { encrypted: true }
+            } else {
+                domicile_bench::copy::Nodes::Processes {
+                    exe: std::env::current_exe().context("find this program to run nodes")?,
+                }
+            };
             let report =
-                domicile_bench::copy::run_copy_bench(args.records, &from, &to, dir.path(), true)
+                domicile_bench::copy::run_copy_bench(args.records, &from, &to, dir.path(), &nodes)
                     .await
                     .context("run the copy benchmark")?;
             let _ = args.json;
