@@ -1,5 +1,7 @@
-//! Closed-loop HTTP load: `clients` concurrent clients each sending the next request as soon as
-//! the previous one answered, for a fixed time; throughput and latency percentiles.
+//! HTTP load for a fixed time, with throughput and latency percentiles: closed loop (`clients`
+//! concurrent clients each sending the next request as soon as the previous one answered: the
+//! most a path serves) or open loop (requests sent at a fixed rate whatever the answers: a
+//! path's latency at a load it sustains).
 
 use serde::Serialize;
 use std::sync::Arc;
@@ -55,7 +57,57 @@ where
             errors += e;
         }
     }
-    let secs = started.elapsed().as_secs_f64();
+    summarize(all, errors, started.elapsed())
+}
+
+/// Sends `make(client)` at `rps` requests per second for `duration`, each on its own task, so
+/// a slow answer delays no later request, with at most `connections` in flight (as many as the
+/// pool keeps open: more would pay a TLS handshake each); latency runs from each request's
+/// actual send.
+pub async fn fixed_rate<F>(
+    http: &reqwest::Client,
+    rps: f64,
+    connections: usize,
+    duration: Duration,
+    make: F,
+) -> LoadResult
+where
+    F: Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync + 'static,
+{
+    let make = Arc::new(make);
+    let started = Instant::now();
+    let count = (duration.as_secs_f64() * rps).max(1.0) as u64;
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(connections.max(1)));
+    let mut sent = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let due = started + Duration::from_secs_f64(i as f64 / rps);
+        tokio::time::sleep_until(due.into()).await;
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let (http, make) = (http.clone(), make.clone());
+        sent.spawn(async move {
+            let _permit = permit;
+            let t = Instant::now();
+            let ok = match make(&http).send().await {
+                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                Err(_) => false,
+            };
+            ok.then(|| t.elapsed().as_secs_f64() * 1000.0)
+        });
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    while let Some(done) = sent.join_next().await {
+        match done {
+            Ok(Some(ms)) => all.push(ms),
+            _ => errors += 1,
+        }
+    }
+    summarize(all, errors, started.elapsed())
+}
+
+fn summarize(mut all: Vec<f64>, errors: u64, elapsed: Duration) -> LoadResult {
+    let secs = elapsed.as_secs_f64();
     all.sort_by(f64::total_cmp);
     let pick = |q: f64| {
         if all.is_empty() {

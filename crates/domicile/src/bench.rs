@@ -90,6 +90,10 @@ pub struct GatewayArgs {
     /// Seconds per measurement (each path is measured twice, alternating).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Requests per second of the fixed-rate latency runs (default: half the gateway's
+    /// saturation throughput, measured first).
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 #[derive(Args)]
@@ -202,7 +206,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
 /// One user's record read through the gateway and straight from its region node, alternating
 /// (direct, gateway, direct, gateway) so that drift in the machine's load hits both.
 async fn gateway(args: GatewayArgs) -> Result<()> {
-    use domicile_bench::load::{LoadResult, closed_loop};
+    use domicile_bench::load::{LoadResult, closed_loop, fixed_rate};
     anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
     anyhow::ensure!(args.seconds > 0.0, "--seconds must be positive");
     let dir = tempfile::Builder::new()
@@ -240,58 +244,119 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
         .clone();
     let duration = std::time::Duration::from_secs_f64(args.seconds);
     let (via_gateway, direct) = (format!("{}{path}", e.gateway), format!("{region}{path}"));
-    let mut results: Vec<(bool, LoadResult)> = Vec::new();
+    let through_gateway = {
+        let (url, token) = (via_gateway.clone(), token.clone());
+        move |h: &reqwest::Client| h.get(&url).bearer_auth(&token)
+    };
+    let straight = {
+        let url = direct.clone();
+        move |h: &reqwest::Client| h.get(&url).header("x-domicile-market", "CN")
+    };
+    // Throughput: closed loops, each path twice, alternating.
+    let mut saturated: Vec<(bool, LoadResult)> = Vec::new();
     for round in 0..4 {
         let through = round % 2 == 1;
         let r = if through {
-            let (url, token) = (via_gateway.clone(), token.clone());
-            closed_loop(&http, args.clients, duration, move |h| {
-                h.get(&url).bearer_auth(&token)
-            })
-            .await
+            closed_loop(&http, args.clients, duration, through_gateway.clone()).await
         } else {
-            let url = direct.clone();
-            closed_loop(&http, args.clients, duration, move |h| {
-                h.get(&url).header("x-domicile-market", "CN")
-            })
-            .await
+            closed_loop(&http, args.clients, duration, straight.clone()).await
         };
         if !args.json {
-            eprintln!("{} {:?}", if through { "gateway" } else { "direct " }, r);
+            eprintln!(
+                "saturated {} {:?}",
+                if through { "gateway" } else { "direct " },
+                r
+            );
         }
-        results.push((through, r));
+        saturated.push((through, r));
+    }
+    // Latency: both paths offered the same fixed rate, one both sustain. At saturation a closed
+    // loop's p50 is its clients over its throughput (Little's law): the throughput gap again,
+    // not what the hop adds to a request.
+    let rate = match args.rate {
+        Some(r) => r,
+        None => mean(&saturated, true, |r| r.rps) / 2.0,
+    };
+    anyhow::ensure!(rate >= 1.0, "--rate must be at least 1 request per second");
+    let mut at_rate: Vec<(bool, LoadResult)> = Vec::new();
+    for round in 0..4 {
+        let through = round % 2 == 1;
+        let r = if through {
+            fixed_rate(&http, rate, args.clients, duration, through_gateway.clone()).await
+        } else {
+            fixed_rate(&http, rate, args.clients, duration, straight.clone()).await
+        };
+        if !args.json {
+            eprintln!(
+                "at {rate:.0}/s {} {:?}",
+                if through { "gateway" } else { "direct " },
+                r
+            );
+        }
+        at_rate.push((through, r));
     }
     cluster.shutdown().await?;
-    let mean = |through: bool, f: fn(&LoadResult) -> f64| {
-        let v: Vec<f64> = results
-            .iter()
-            .filter(|(t, _)| *t == through)
-            .map(|(_, r)| f(r))
-            .collect();
-        v.iter().sum::<f64>() / v.len() as f64
-    };
     let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
-    let (g_rps, d_rps) = (mean(true, |r| r.rps), mean(false, |r| r.rps));
-    let (g50, d50) = (mean(true, |r| r.p50_ms), mean(false, |r| r.p50_ms));
-    let (g99, d99) = (mean(true, |r| r.p99_ms), mean(false, |r| r.p99_ms));
-    let errors: u64 = results.iter().map(|(_, r)| r.errors).sum();
+    let (g_rps, d_rps) = (
+        mean(&saturated, true, |r| r.rps),
+        mean(&saturated, false, |r| r.rps),
+    );
+    let figures = |runs: &[(bool, LoadResult)]| {
+        let (g50, d50) = (
+            mean(runs, true, |r| r.p50_ms),
+            mean(runs, false, |r| r.p50_ms),
+        );
+        let (g99, d99) = (
+            mean(runs, true, |r| r.p99_ms),
+            mean(runs, false, |r| r.p99_ms),
+        );
+        (round3(g50), round3(d50), round3(g99), round3(d99))
+    };
+    let (sg50, sd50, sg99, sd99) = figures(&saturated);
+    let (g50, d50, g99, d99) = figures(&at_rate);
+    let errors: u64 = saturated
+        .iter()
+        .chain(&at_rate)
+        .map(|(_, r)| r.errors)
+        .sum();
     let report = serde_json::json!({
         "clients": args.clients,
         "seconds_per_run": args.seconds,
         "gateway_rps": g_rps.round(),
         "direct_rps": d_rps.round(),
         "gateway_vs_direct": (g_rps / d_rps * 100.0).round() / 100.0,
-        "gateway_p50_ms": round3(g50),
-        "gateway_p99_ms": round3(g99),
-        "direct_p50_ms": round3(d50),
-        "direct_p99_ms": round3(d99),
+        "latency_rate_rps": rate.round(),
+        "gateway_p50_ms": g50,
+        "gateway_p99_ms": g99,
+        "direct_p50_ms": d50,
+        "direct_p99_ms": d99,
         "added_p50_ms": round3(g50 - d50),
         "added_p99_ms": round3(g99 - d99),
+        "saturated_gateway_p50_ms": sg50,
+        "saturated_gateway_p99_ms": sg99,
+        "saturated_direct_p50_ms": sd50,
+        "saturated_direct_p99_ms": sd99,
+        "saturated_added_p50_ms": round3(sg50 - sd50),
+        "saturated_added_p99_ms": round3(sg99 - sd99),
         "errors": errors,
         "machine": domicile_bench::machine::Machine::current(),
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// The mean of `f` over the runs through the gateway (`through`) or straight to the node.
+fn mean(
+    runs: &[(bool, domicile_bench::load::LoadResult)],
+    through: bool,
+    f: fn(&domicile_bench::load::LoadResult) -> f64,
+) -> f64 {
+    let v: Vec<f64> = runs
+        .iter()
+        .filter(|(t, _)| *t == through)
+        .map(|(_, r)| f(r))
+        .collect();
+    v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
 /// Signs up one user of `market` through the gateway: (user, token).
