@@ -92,6 +92,11 @@ fn bench_copy_between_postgres_regions_reports_the_pg_dump_baseline() {
     );
     assert_eq!(r["records"], 5000);
     assert_eq!(r["verified"], true, "{r}");
+    // Each node its own `domicile region` process, with its own memory reading.
+    assert_eq!(r["nodes"], "processes", "{r}");
+    for node in ["peak_rss_mib_source_node", "peak_rss_mib_target_node"] {
+        assert!(r[node].as_f64().is_some_and(|m| m > 0.0), "{node}: {r}");
+    }
     let (copy, dump) = (
         r["records_per_s"].as_f64().unwrap(),
         r["pg_dump_restore_records_per_s"].as_f64().unwrap(),
