@@ -61,7 +61,7 @@ pub async fn run(s: &Setting<'_>, live: &Live, plan: &str) -> Result<PhasesOutco
     let buyers: Vec<usize> = (0..s.users.len())
         .filter(|i| moved_first.contains(&s.users[*i].market))
         .collect();
-    let sale = (s.flash_orders > 0 && !buyers.is_empty()).then(|| {
+    let mut sale = (s.flash_orders > 0 && !buyers.is_empty()).then(|| {
         let (http, gateway, users, label) = (
             s.http.clone(),
             s.gateway.to_string(),
@@ -74,6 +74,7 @@ pub async fn run(s: &Setting<'_>, live: &Live, plan: &str) -> Result<PhasesOutco
         })
     });
     let mut tables = Vec::new();
+    let mut flash = None;
     let status = loop {
         let done = tables.len();
         // The window after a phase opens once its last unit has cut over: from then every
@@ -86,6 +87,13 @@ pub async fn run(s: &Setting<'_>, live: &Live, plan: &str) -> Result<PhasesOutco
         })
         .await?;
         stopped_badly(&cut_over)?;
+        // The sale is load of phase 1's own: its window opens once the sale is over too.
+        if let Some(task) = sale.take() {
+            flash = Some(
+                task.await
+                    .map_err(|e| DemoError::Migration(format!("flash sale task: {e}")))?,
+            );
+        }
         tables.push(s.control.current().await?);
         let name = names.get(done).cloned().unwrap_or_default();
         live.set_label(&name);
@@ -101,13 +109,6 @@ pub async fn run(s: &Setting<'_>, live: &Live, plan: &str) -> Result<PhasesOutco
         }
         live.set_label(&during(done + 1));
         s.admin.steer("resume").await?;
-    };
-    let flash = match sale {
-        Some(task) => Some(
-            task.await
-                .map_err(|e| DemoError::Migration(format!("flash sale task: {e}")))?,
-        ),
-        None => None,
     };
     Ok(PhasesOutcome {
         status,
