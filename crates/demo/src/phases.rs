@@ -1,6 +1,8 @@
 //! The migration under live traffic: the demo's plan (the reference plan, pausing after each
-//! phase so that each market's latency can be measured with the phase done) run by the control
-//! plane's engine, with a flash sale while phase 1 moves the shop.
+//! phase) run by the control plane's engine, with a flash sale while phase 1 moves the shop.
+//! Each market's latency after a phase is measured from the moment the phase's last unit has
+//! cut over (the phase's rollback window and purge run beside that window), and the next phase
+//! starts once the window is over and the phase has completed.
 
 use crate::flash::{self, FlashSale};
 use crate::seed::SeededUser;
