@@ -1,5 +1,5 @@
 //! The request queue both engines' single writers work from: what callers queue, how a writer
-//! takes its turns from it ([`Turns`]), and the rules a client write is checked by. The engines differ in
+//! gathers a group from it, and the rules a client write is checked by. The engines differ in
 //! how a group reaches disk, not in what a group is or what a write may do.
 
 use crate::error::StoreError;
@@ -56,10 +56,6 @@ pub(crate) enum Grouped {
 }
 
 impl Request {
-    fn is_import(&self) -> bool {
-        matches!(self, Request::Grouped(Grouped::Import { .. }))
-    }
-
     fn weight(&self) -> usize {
         match self {
             Request::Grouped(Grouped::Write { batch, .. }) => batch.len(),
@@ -91,57 +87,20 @@ impl Grouped {
     }
 }
 
-/// The writer's turns. Each turn takes `first` (when the writer waited for one) and whatever is
-/// queued: the small requests (client writes, metadata, purge and trim turns) as one group, then
-/// waiting imports up to [`MAX_GROUP_RECORDS`] records as another; imports beyond that wait here
-/// for the next turn. Small requests thus never queue behind bulk imports: a cutover's `own`
-/// write waited behind a move's 10,000-record import groups for up to 0.9 s at 200k users.
-/// Only concurrent requests are reordered (a caller awaits each of its own), and those have no
-/// order to keep.
-#[derive(Default)]
-pub(crate) struct Turns {
-    imports: std::collections::VecDeque<Request>,
-}
-
-impl Turns {
-    /// Imports are waiting: the writer takes its next turn without waiting for a request.
-    pub(crate) fn pending(&self) -> bool {
-        !self.imports.is_empty()
-    }
-
-    /// The next turn: (small requests, imports), either possibly empty.
-    pub(crate) fn next(
-        &mut self,
-        first: Option<Request>,
-        rx: &mut mpsc::Receiver<Request>,
-    ) -> (Vec<Request>, Vec<Request>) {
-        let mut small = Vec::new();
-        let mut small_weight = 0;
-        let mut next = first.or_else(|| rx.try_recv().ok());
-        loop {
-            let Some(r) = next.take() else { break };
-            if r.is_import() {
-                self.imports.push_back(r);
-            } else {
-                small_weight += r.weight();
-                small.push(r);
+/// `first` and everything queued behind it, up to [`MAX_GROUP_RECORDS`] records.
+pub(crate) fn gather(first: Request, rx: &mut mpsc::Receiver<Request>) -> Vec<Request> {
+    let mut weight = first.weight();
+    let mut queued = vec![first];
+    while weight < MAX_GROUP_RECORDS {
+        match rx.try_recv() {
+            Ok(r) => {
+                weight += r.weight();
+                queued.push(r);
             }
-            if small_weight >= MAX_GROUP_RECORDS {
-                break;
-            }
-            next = rx.try_recv().ok();
+            Err(_) => break,
         }
-        let mut imports = Vec::new();
-        let mut weight = 0;
-        while weight < MAX_GROUP_RECORDS {
-            let Some(r) = self.imports.pop_front() else {
-                break;
-            };
-            weight += r.weight();
-            imports.push(r);
-        }
-        (small, imports)
     }
+    queued
 }
 
 /// A key's state as a writer sees it: (version, live).
@@ -336,70 +295,6 @@ mod tests {
             op,
             precondition,
         }
-    }
-
-    fn import(records: usize) -> Request {
-        let r = VersionedRecord {
-            address: mutation(MutationOp::Delete, Precondition::None).address,
-            version: Version(1),
-            value: None,
-        };
-        Request::Grouped(Grouped::Import {
-            records: vec![r; records],
-            reply: oneshot::channel().0,
-        })
-    }
-
-    fn meta(name: &str) -> Request {
-        Request::Grouped(Grouped::Meta {
-            name: name.into(),
-            value: None,
-            reply: oneshot::channel().0,
-        })
-    }
-
-    fn shape(requests: &[Request]) -> Vec<String> {
-        requests
-            .iter()
-            .map(|r| match r {
-                Request::Grouped(Grouped::Import { records, .. }) => {
-                    format!("import {}", records.len())
-                }
-                Request::Grouped(Grouped::Meta { name, .. }) => format!("meta {name}"),
-                _ => "other".into(),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn small_requests_go_before_waiting_imports() {
-        let (tx, mut rx) = mpsc::channel(16);
-        for r in [
-            import(10_000),
-            meta("a"),
-            import(10_000),
-            meta("b"),
-            import(10_000),
-        ] {
-            tx.try_send(r).ok().unwrap();
-        }
-        let mut turns = Turns::default();
-        let first = rx.try_recv().ok();
-        let (small, imports) = turns.next(first, &mut rx);
-        assert_eq!(shape(&small), ["meta a", "meta b"]);
-        assert_eq!(
-            shape(&imports),
-            ["import 10000", "import 10000"],
-            "up to a group's records"
-        );
-        assert!(turns.pending(), "the third import waits for the next turn");
-        // A write queued meanwhile goes first again, in its own group.
-        tx.try_send(meta("c")).ok().unwrap();
-        let (small, imports) = turns.next(None, &mut rx);
-        assert_eq!(shape(&small), ["meta c"]);
-        assert_eq!(shape(&imports), ["import 10000"]);
-        assert!(!turns.pending());
-        assert_eq!(turns.next(None, &mut rx).0.len(), 0, "nothing queued");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use super::Shared;
 use crate::error::StoreError;
 use crate::keys::{self, encode_change, encode_value, lsn_key};
-use crate::queue::{Grouped, KeyState, Reply, Request, Turns, clone_error, decide_batch};
+use crate::queue::{Grouped, KeyState, Reply, Request, clone_error, decide_batch, gather};
 use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, VersionedRecord};
 use domicile_core::{Hlc, Version};
 use fjall::{Database, Keyspace, PersistMode};
@@ -51,22 +51,9 @@ struct Group {
 
 impl Writer {
     pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        let mut turns = Turns::default();
-        loop {
-            let first = if turns.pending() {
-                None
-            } else {
-                match rx.blocking_recv() {
-                    Some(r) => Some(r),
-                    None => break,
-                }
-            };
-            let (small, imports) = turns.next(first, &mut rx);
-            for group in [small, imports] {
-                if !group.is_empty() {
-                    self.process(group);
-                }
-            }
+        while let Some(first) = rx.blocking_recv() {
+            let queued = gather(first, &mut rx);
+            self.process(queued);
         }
         tracing::debug!("store writer stopped: every handle was dropped");
     }

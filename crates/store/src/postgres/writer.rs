@@ -13,7 +13,7 @@ use super::schema::{version_from_sql, version_to_sql};
 use super::{Shared, Sql, pg_error};
 use crate::error::StoreError;
 use crate::keys;
-use crate::queue::{Grouped, KeyState, Reply, Request, Turns, clone_error, decide_batch};
+use crate::queue::{Grouped, KeyState, Reply, Request, clone_error, decide_batch, gather};
 use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, VersionedRecord};
 use bytes::Bytes;
 use domicile_core::{Hlc, Version};
@@ -154,22 +154,9 @@ impl Writer {
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        let mut turns = Turns::default();
-        loop {
-            let first = if turns.pending() {
-                None
-            } else {
-                match rx.recv().await {
-                    Some(r) => Some(r),
-                    None => break,
-                }
-            };
-            let (small, imports) = turns.next(first, &mut rx);
-            for group in [small, imports] {
-                if !group.is_empty() {
-                    self.process(group).await;
-                }
-            }
+        while let Some(first) = rx.recv().await {
+            let queued = gather(first, &mut rx);
+            self.process(queued).await;
         }
         tracing::debug!("store writer stopped: every handle was dropped");
     }
