@@ -36,10 +36,7 @@ where
                 let (mut latencies, mut errors) = (Vec::new(), 0u64);
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    let ok = match make(&http).send().await {
-                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                        Err(_) => false,
-                    };
+                    let ok = answered(make(&http)).await;
                     if ok {
                         latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                     } else {
@@ -89,10 +86,7 @@ where
         sent.spawn(async move {
             let _permit = permit;
             let t = Instant::now();
-            let ok = match make(&http).send().await {
-                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                Err(_) => false,
-            };
+            let ok = answered(make(&http)).await;
             ok.then(|| t.elapsed().as_secs_f64() * 1000.0)
         });
     }
@@ -104,6 +98,14 @@ where
         }
     }
     summarize(all, errors, started.elapsed())
+}
+
+/// Sends `request`; whether it was answered with success and its body read whole.
+async fn answered(request: reqwest::RequestBuilder) -> bool {
+    match request.send().await {
+        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+        Err(_) => false,
+    }
 }
 
 fn summarize(mut all: Vec<f64>, errors: u64, elapsed: Duration) -> LoadResult {
