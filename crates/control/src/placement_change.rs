@@ -106,6 +106,7 @@ pub async fn change(
         .unwrap_or(Epoch(0))
         .next();
 
+    let started = std::time::Instant::now();
     // Old owners stop first, so that at no moment do two regions accept writes for a bucket.
     for row in overlapped.iter().filter(|r| r.region != req.region) {
         let part = BucketRange {
@@ -124,6 +125,7 @@ pub async fn change(
             .await
             .map_err(|e| ApiError::BadGateway(format!("release at {}: {e}", row.region)))?;
     }
+    let released = started.elapsed();
     let own = RangeRequest {
         service: req.service.clone(),
         market: req.market,
@@ -139,8 +141,16 @@ pub async fn change(
     let mut next = table.as_ref().clone();
     next.placement = Placement::new(replan(&table.placement, &req, epoch), table.buckets)
         .map_err(|e| ApiError::Internal(format!("replanned placement is invalid: {e}")))?;
-    tracing::info!(service = %req.service, market = %req.market, buckets = %req.buckets, region = %req.region, %epoch, "placement changed");
-    state.commit(next).await
+    let owned = started.elapsed();
+    let committed = state.commit(next).await;
+    // Where a cutover's commit spends its time (the migration logs the whole as `commit_ms`).
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    tracing::info!(
+        service = %req.service, market = %req.market, buckets = %req.buckets, region = %req.region,
+        %epoch, release_ms = ms(released), own_ms = ms(owned - released),
+        table_commit_ms = ms(started.elapsed() - owned), "placement changed"
+    );
+    committed
 }
 
 #[cfg(test)]

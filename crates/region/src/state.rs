@@ -121,19 +121,25 @@ impl NodeState {
         epoch: Epoch,
         owner: Option<RegionId>,
     ) -> Result<(), ApiError> {
-        self.change_table(|next| next.apply(change, service, market, range, epoch, owner))
+        let started = std::time::Instant::now();
+        let gate_ms = self
+            .change_table(|next| next.apply(change, service, market, range, epoch, owner))
             .await?;
-        tracing::info!(?change, %service, %market, %range, %epoch, "ownership changed");
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(?change, %service, %market, %range, %epoch, gate_ms, ms, "ownership changed");
         Ok(())
     }
 
     /// Applies `edit` to a copy of the table, persists the copy, then puts it in force — all
-    /// under the exclusive gate, so no write sees a half-made change.
+    /// under the exclusive gate, so no write sees a half-made change. Returns how long it waited
+    /// for the gate (for the writes in flight under it), in ms.
     pub async fn change_table(
         &self,
         edit: impl FnOnce(&mut OwnershipTable) -> Result<(), ApiError>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<f64, ApiError> {
+        let waited = std::time::Instant::now();
         let mut table = self.ownership.write().await;
+        let gate_ms = waited.elapsed().as_secs_f64() * 1000.0;
         let mut next = table.clone();
         edit(&mut next)?;
         let saved = SavedOwnership {
@@ -145,6 +151,6 @@ impl NodeState {
             .store_meta(OWNERSHIP_META, Bytes::from(bytes))
             .await?;
         *table = next;
-        Ok(())
+        Ok(gate_ms)
     }
 }
