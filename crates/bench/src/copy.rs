@@ -166,19 +166,6 @@ impl RunningNode {
     }
 }
 
-/// The reference cluster config with `region`'s store at `store`.
-fn config_with_store(
-    mut config: domicile_core::ClusterConfig,
-    region: &str,
-    store: &str,
-) -> Result<domicile_core::ClusterConfig, BenchError> {
-    let id = RegionId::new(region).map_err(|e| BenchError::Task(e.to_string()))?;
-    for r in config.regions.iter_mut().filter(|r| r.id == id) {
-        r.store = store.to_string();
-    }
-    Ok(config)
-}
-
 /// The cluster config `text` with `region`'s store line set to `spec`.
 fn store_line(text: String, region: &str, spec: &str) -> Result<String, BenchError> {
     let reference = format!("store = \"embedded:data/{region}/store\"");
@@ -246,6 +233,7 @@ async fn spawn(
 
 /// A region node in this process, serving until `stop` fires.
 async fn start(
+    config: &domicile_core::ClusterConfig,
     region: &str,
     store: &str,
     dir: &Path,
@@ -253,17 +241,16 @@ async fn start(
     stop: &tokio::sync::watch::Sender<bool>,
     encrypted: bool,
 ) -> Result<(String, RunningNode), BenchError> {
-    let config = config_with_store(domicile_core::reference::cluster_config(), region, store)?;
     let id = RegionId::new(region).map_err(|e| BenchError::Task(e.to_string()))?;
     let state = if encrypted {
-        domicile_region::open(&config, &id, dir).await?
+        domicile_region::open(config, &id, dir).await?
     } else {
         // The baseline of `bench encryption`: the same node with nothing sealed.
         let engine =
             domicile_store::open_store(&domicile_store::StoreSpec::parse(store, dir)?).await?;
         let blobs = domicile_store::BlobStore::local(&dir.join(format!("{region}-blobs")))
             .map_err(|e| BenchError::Task(e.to_string()))?;
-        domicile_region::NodeState::new(&config, id, engine, blobs).await?
+        domicile_region::NodeState::new(config, id, engine, blobs).await?
     };
     let node = BoundNode::bind(state, "127.0.0.1:0").await?;
     let url = format!("{}://{}", tls.scheme(), node.local_addr()?);
@@ -316,39 +303,31 @@ pub async fn run_copy_bench(
         .client;
     let http = domicile_client::http_client(&client);
     let (stop, _) = tokio::sync::watch::channel(false);
+    // The reference cluster with both regions' stores set: parsed for nodes in this process,
+    // written out for `domicile region` processes.
+    let config_text = [
+        ("cn-beijing", &source_store.spec),
+        ("ap-mumbai", &target_store.spec),
+    ]
+    .iter()
+    .try_fold(
+        domicile_core::reference::CLUSTER_TOML.to_string(),
+        |text, (region, spec)| store_line(text, region, spec),
+    )?;
     let ((source_url, source_node), (target_url, target_node)) = match nodes {
-        Nodes::InProcess { encrypted } => (
-            start(
-                "cn-beijing",
-                &source_store.spec,
-                dir,
-                &server,
-                &stop,
-                *encrypted,
+        Nodes::InProcess { encrypted } => {
+            let config = domicile_core::ClusterConfig::from_toml(&config_text)
+                .map_err(|e| BenchError::Task(format!("the nodes' config: {e}")))?;
+            let node =
+                |region, store| start(&config, region, store, dir, &server, &stop, *encrypted);
+            (
+                node("cn-beijing", &source_store.spec).await?,
+                node("ap-mumbai", &target_store.spec).await?,
             )
-            .await?,
-            start(
-                "ap-mumbai",
-                &target_store.spec,
-                dir,
-                &server,
-                &stop,
-                *encrypted,
-            )
-            .await?,
-        ),
+        }
         Nodes::Processes { exe } => {
-            let text = [
-                ("cn-beijing", &source_store.spec),
-                ("ap-mumbai", &target_store.spec),
-            ]
-            .iter()
-            .try_fold(
-                domicile_core::reference::CLUSTER_TOML.to_string(),
-                |text, (region, spec)| store_line(text, region, spec),
-            )?;
             let path = dir.join("cluster.toml");
-            std::fs::write(&path, text)
+            std::fs::write(&path, config_text)
                 .map_err(|e| BenchError::Task(format!("{}: {e}", path.display())))?;
             // One after the other: the first makes the keyring file both share.
             let source = spawn(exe, &path, "cn-beijing", dir).await?;
