@@ -252,24 +252,18 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
         let url = direct.clone();
         move |h: &reqwest::Client| h.get(&url).header("x-domicile-market", "CN")
     };
-    // Throughput: closed loops, each path twice, alternating.
-    let mut saturated: Vec<(bool, LoadResult)> = Vec::new();
-    for round in 0..4 {
-        let through = round % 2 == 1;
-        let r = if through {
-            closed_loop(&http, args.clients, duration, through_gateway.clone()).await
-        } else {
-            closed_loop(&http, args.clients, duration, straight.clone()).await
-        };
-        if !args.json {
-            eprintln!(
-                "saturated {} {:?}",
-                if through { "gateway" } else { "direct " },
-                r
-            );
+    // Throughput: closed loops.
+    let saturated = alternating("saturated", args.json, |through| {
+        let (http, gateway, direct) = (http.clone(), through_gateway.clone(), straight.clone());
+        async move {
+            if through {
+                closed_loop(&http, args.clients, duration, gateway).await
+            } else {
+                closed_loop(&http, args.clients, duration, direct).await
+            }
         }
-        saturated.push((through, r));
-    }
+    })
+    .await;
     // Latency: both paths offered the same fixed rate, one both sustain. At saturation a closed
     // loop's p50 is its clients over its throughput (Little's law): the throughput gap again,
     // not what the hop adds to a request.
@@ -278,23 +272,17 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
         None => mean(&saturated, true, |r| r.rps) / 2.0,
     };
     anyhow::ensure!(rate >= 1.0, "--rate must be at least 1 request per second");
-    let mut at_rate: Vec<(bool, LoadResult)> = Vec::new();
-    for round in 0..4 {
-        let through = round % 2 == 1;
-        let r = if through {
-            fixed_rate(&http, rate, args.clients, duration, through_gateway.clone()).await
-        } else {
-            fixed_rate(&http, rate, args.clients, duration, straight.clone()).await
-        };
-        if !args.json {
-            eprintln!(
-                "at {rate:.0}/s {} {:?}",
-                if through { "gateway" } else { "direct " },
-                r
-            );
+    let at_rate = alternating(&format!("at {rate:.0}/s"), args.json, |through| {
+        let (http, gateway, direct) = (http.clone(), through_gateway.clone(), straight.clone());
+        async move {
+            if through {
+                fixed_rate(&http, rate, args.clients, duration, gateway).await
+            } else {
+                fixed_rate(&http, rate, args.clients, duration, direct).await
+            }
         }
-        at_rate.push((through, r));
-    }
+    })
+    .await;
     cluster.shutdown().await?;
     let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
     let (g_rps, d_rps) = (
@@ -343,6 +331,32 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// Four runs of `run(through)`, straight to the node and through the gateway in turn (each path
+/// twice, so that drift over the runs touches both), printed unless `quiet`.
+async fn alternating<Run, Fut>(
+    label: &str,
+    quiet: bool,
+    run: Run,
+) -> Vec<(bool, domicile_bench::load::LoadResult)>
+where
+    Run: Fn(bool) -> Fut,
+    Fut: std::future::Future<Output = domicile_bench::load::LoadResult>,
+{
+    let mut runs = Vec::new();
+    for round in 0..4 {
+        let through = round % 2 == 1;
+        let r = run(through).await;
+        if !quiet {
+            eprintln!(
+                "{label} {} {r:?}",
+                if through { "gateway" } else { "direct " }
+            );
+        }
+        runs.push((through, r));
+    }
+    runs
 }
 
 /// The mean of `f` over the runs through the gateway (`through`) or straight to the node.
