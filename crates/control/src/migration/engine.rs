@@ -475,7 +475,7 @@ async fn join_all(mut tasks: JoinSet<Result<(), String>>) -> Result<(), String> 
         match joined {
             Ok(Ok(())) => {}
             Ok(Err(e)) => failure = Some(e),
-            Err(e) => failure = Some(format!("a unit's task failed: {e}")),
+            Err(e) => failure = Some(format!("a task failed: {e}")),
         }
     }
     failure.map_or(Ok(()), Err)
