@@ -157,6 +157,18 @@ impl Cluster {
         r.json().await.ok()
     }
 
+    /// The steps the current run's first phase has units in, if the control plane answers.
+    async fn steps(&self) -> Option<std::collections::BTreeSet<String>> {
+        let s = self.status().await?;
+        Some(
+            s["phases"][0]["steps"]
+                .as_object()?
+                .keys()
+                .cloned()
+                .collect(),
+        )
+    }
+
     /// Polls the run until `done` says so (bounded: a run that never gets there fails the test).
     async fn until(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         for _ in 0..1200 {
@@ -288,17 +300,25 @@ async fn a_control_plane_killed_twenty_times_mid_move_resumes_and_loses_nothing(
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
 
-    // Twenty SIGKILLs at seeded random moments; the state seen just before each is kept.
+    // Twenty SIGKILLs at seeded random moments; the steps seen just before each are kept. On
+    // a loaded machine a run can sit in one step through several pauses: a kill then waits
+    // (bounded) for the steps to change, so the kills meet the run in more than one of them.
     let mut seed = 0x2014_u64;
     let mut seen = std::collections::BTreeSet::new();
+    let mut at_last_kill = None;
     for _ in 0..20 {
         let pause = 20 + next(&mut seed) % 250;
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        if let Some(s) = c.status().await {
-            for step in s["phases"][0]["steps"].as_object().into_iter().flatten() {
-                seen.insert(step.0.clone());
+        let mut steps = c.steps().await;
+        for _ in 0..200 {
+            if steps.is_some() && steps != at_last_kill {
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            steps = c.steps().await;
         }
+        seen.extend(steps.iter().flatten().cloned());
+        at_last_kill = steps;
         c.kill_and_restart_control();
     }
     let done = c.until("Completed", |s| s["state"] == "completed").await;
