@@ -3,13 +3,15 @@
 use crate::throttle::Throttle;
 use domicile_client::ClientError;
 use domicile_client::region::RegionClient;
+use domicile_core::Version;
 use domicile_core::{
     Bucket, BucketCount, BucketSet, CollectionKind, CollectionName, Schema, ServiceName,
 };
+use domicile_store::RecordAddress;
 use domicile_store::{BlobRef, Lsn, VersionedRecord};
 use domicile_wire::api::ImportResponse;
 use domicile_wire::api::ScopeRequest;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -77,7 +79,9 @@ impl Verification {
     }
 }
 
-/// One scope moving from `source` to `target`.
+/// One scope moving from `source` to `target`. Cheap to clone (clients share their pools): a
+/// copy's imports run as tasks of their own.
+#[derive(Clone)]
 pub struct Mover {
     pub source: RegionClient,
     pub target: RegionClient,
@@ -99,6 +103,10 @@ pub fn blob_collections(schema: &Schema, service: &ServiceName) -> BTreeSet<Coll
 
 /// Blobs copied at once while a chunk's records wait for them.
 const BLOBS_IN_FLIGHT: usize = 8;
+
+/// Chunk imports a copy keeps going at once: the target seals and decodes one while it commits
+/// the other, and both often share one commit.
+const IMPORTS_IN_FLIGHT: usize = 2;
 
 fn record_bytes(r: &domicile_store::VersionedRecord) -> u64 {
     let c = &r.address.collection;
@@ -154,6 +162,8 @@ impl Mover {
             scope: scope.clone(),
             rx,
             read,
+            in_flight: std::collections::VecDeque::new(),
+            read_all: false,
             report,
             started,
         })
@@ -324,57 +334,140 @@ impl Mover {
         })
     }
 
-    /// Re-copies the differing buckets from the source; returns how many records the target
-    /// took (the keys repaired).
+    /// Repairs the differing buckets key by key, one bucket at a time: both sides' records of
+    /// the bucket are compared, and the target gets each source record it lacks or holds at an
+    /// older version, and a tombstone for each live key that only it holds (left by a rolled
+    /// back attempt, or put there by hand). Returns the keys repaired.
     pub async fn repair(&self, buckets: &[Bucket]) -> Result<u64, MoveError> {
-        if buckets.is_empty() {
-            return Ok(0);
+        let mut repaired = 0;
+        for bucket in buckets {
+            let scope = self.sub_scope(std::slice::from_ref(bucket));
+            let (source, target) = tokio::try_join!(
+                read_whole(&self.source, &scope, MoveError::Source),
+                read_whole(&self.target, &scope, MoveError::Target)
+            )?;
+            let fixes = key_repairs(source, target);
+            for chunk in fixes.chunks(CHUNK) {
+                self.import(&scope, chunk).await?;
+            }
+            repaired += fixes.len() as u64;
         }
-        let scope = self.sub_scope(buckets);
-        let unlimited = Throttle::new(None);
-        let mut run = self.start_copy(&scope).await?;
-        while run.next_chunk(&unlimited).await?.is_some() {}
-        Ok(run.finish().await?.applied)
+        Ok(repaired)
     }
 }
 
-/// A copy under way: its snapshot is read ahead while the caller imports chunk by chunk.
+/// Every record of `scope` at `node` (tombstones included), read from one snapshot.
+async fn read_whole(
+    node: &RegionClient,
+    scope: &ScopeRequest,
+    error: fn(ClientError) -> MoveError,
+) -> Result<Vec<VersionedRecord>, MoveError> {
+    let mut reader = node.snapshot(scope).await.map_err(error)?;
+    let mut records = Vec::new();
+    while let Some(batch) = reader.next_batch(CHUNK).await.map_err(error)? {
+        records.extend(batch);
+    }
+    Ok(records)
+}
+
+/// What the target must import for its records to match the source's: the source's record
+/// where the target's is missing or older, and a tombstone (one version above) for a live key
+/// the source does not hold. A target record newer than the source's is left alone: versions
+/// only move forward, and the fenced check reports what still differs.
+fn key_repairs(source: Vec<VersionedRecord>, target: Vec<VersionedRecord>) -> Vec<VersionedRecord> {
+    let mut at_target: HashMap<RecordAddress, (Version, bool)> = target
+        .into_iter()
+        .map(|r| (r.address, (r.version, r.value.is_some())))
+        .collect();
+    let mut fixes = Vec::new();
+    for r in source {
+        match at_target.remove(&r.address) {
+            Some((version, _)) if version >= r.version => {}
+            // Missing at both ends is equal: a tombstone need not travel.
+            None if r.value.is_none() => {}
+            _ => fixes.push(r),
+        }
+    }
+    for (address, (version, live)) in at_target {
+        if live {
+            fixes.push(VersionedRecord {
+                address,
+                version: Version(version.0 + 1),
+                value: None,
+            });
+        }
+    }
+    fixes
+}
+
+/// A copy under way: its snapshot is read ahead while the caller imports chunk by chunk, up to
+/// [`IMPORTS_IN_FLIGHT`] chunks at once, reported in snapshot order.
 pub struct CopyRun<'a> {
     mover: &'a Mover,
     scope: ScopeRequest,
     rx: tokio::sync::mpsc::Receiver<Result<Vec<VersionedRecord>, ClientError>>,
     read: tokio::task::JoinHandle<()>,
+    in_flight: std::collections::VecDeque<tokio::task::JoinHandle<ImportedChunk>>,
+    /// The snapshot has ended: nothing more to start.
+    read_all: bool,
     report: CopyReport,
     started: Instant,
 }
 
+/// What one chunk's import did.
+type ImportedChunk = Result<ChunkTotals, MoveError>;
+
+struct ChunkTotals {
+    records: u64,
+    bytes: u64,
+    applied: u64,
+    /// The bucket of the chunk's last record.
+    last_bucket: u32,
+}
+
 impl CopyRun<'_> {
     /// Imports the next chunk at the target (paced by `throttle`); `None` once the snapshot has
-    /// ended.
+    /// ended and every chunk is in. Chunks after it may already be importing: a checkpoint
+    /// after this one is still exact, and a resumed copy imports them again (idempotent).
     pub async fn next_chunk(
         &mut self,
         throttle: &Throttle,
     ) -> Result<Option<ChunkDone>, MoveError> {
-        let Some(batch) = self.rx.recv().await else {
+        while !self.read_all && self.in_flight.len() < IMPORTS_IN_FLIGHT {
+            let Some(batch) = self.rx.recv().await else {
+                self.read_all = true;
+                break;
+            };
+            let batch = batch.map_err(MoveError::Source)?;
+            throttle.take(batch.len() as u64).await;
+            let (mover, scope) = (self.mover.clone(), self.scope.clone());
+            self.in_flight.push_back(tokio::spawn(async move {
+                let (outcome, blob_bytes) = mover.import(&scope, &batch).await?;
+                Ok(ChunkTotals {
+                    records: batch.len() as u64,
+                    bytes: batch.iter().map(record_bytes).sum::<u64>() + blob_bytes,
+                    applied: outcome.applied,
+                    last_bucket: batch.last().map_or(0, |rec| {
+                        u32::from(mover.buckets.bucket_of(&rec.address.collection.user).0)
+                    }),
+                })
+            }));
+        }
+        let Some(import) = self.in_flight.pop_front() else {
             return Ok(None);
         };
-        let batch = batch.map_err(MoveError::Source)?;
-        throttle.take(batch.len() as u64).await;
-        let (outcome, blob_bytes) = self.mover.import(&self.scope, &batch).await?;
+        let chunk = import.await.map_err(|e| MoveError::Task(e.to_string()))??;
         let r = &mut self.report;
-        r.records += batch.len() as u64;
-        r.bytes += batch.iter().map(record_bytes).sum::<u64>() + blob_bytes;
-        r.applied += outcome.applied;
-        // The last record's bucket may continue in the next chunk; the ones before are whole.
-        let complete_below = batch.last().map_or(0, |rec| {
-            u32::from(self.mover.buckets.bucket_of(&rec.address.collection.user).0)
-        });
+        r.records += chunk.records;
+        r.bytes += chunk.bytes;
+        r.applied += chunk.applied;
         Ok(Some(ChunkDone {
             snapshot_lsn: r.snapshot_lsn,
             records: r.records,
             bytes: r.bytes,
             applied: r.applied,
-            complete_below,
+            // The last record's bucket may continue in the next chunk; the ones before are whole.
+            complete_below: chunk.last_bucket,
         }))
     }
 
@@ -388,6 +481,71 @@ impl CopyRun<'_> {
             .await
             .map_err(|e| MoveError::Task(e.to_string()))?;
         self.report.seconds = self.started.elapsed().as_secs_f64();
-        Ok(self.report)
+        Ok(std::mem::take(&mut self.report))
+    }
+}
+
+impl Drop for CopyRun<'_> {
+    /// A copy given up (an error, a pause) leaves no import running behind it.
+    fn drop(&mut self) {
+        for import in &self.in_flight {
+            import.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domicile_store::CollectionAddress;
+
+    fn record(key: &str, version: u64, value: Option<&str>) -> VersionedRecord {
+        VersionedRecord {
+            address: CollectionAddress::new(
+                "ecommerce".parse().unwrap(),
+                "MY".parse().unwrap(),
+                "my7".parse().unwrap(),
+                "orders".parse().unwrap(),
+                BucketCount::DEFAULT,
+            )
+            .record(key.parse().unwrap()),
+            version: Version(version),
+            value: value.map(|v| bytes::Bytes::from(v.to_string())),
+        }
+    }
+
+    #[test]
+    fn repairs_are_narrowed_to_the_keys_that_differ() {
+        let source = vec![
+            record("same", 5, Some("a")),
+            record("older-at-target", 7, Some("new")),
+            record("missing-at-target", 3, Some("m")),
+            record("deleted-at-source", 9, None),
+            record("gone-everywhere", 4, None),
+            record("newer-at-target", 2, Some("old")),
+        ];
+        let target = vec![
+            record("same", 5, Some("a")),
+            record("older-at-target", 6, Some("old")),
+            record("deleted-at-source", 8, Some("stale")),
+            record("newer-at-target", 3, Some("x")),
+            record("only-at-target", 11, Some("extra")),
+            record("tombstone-only-at-target", 12, None),
+        ];
+        let mut fixes = key_repairs(source, target);
+        fixes.sort_by(|a, b| a.address.key.as_str().cmp(b.address.key.as_str()));
+        let got: Vec<(&str, u64, bool)> = fixes
+            .iter()
+            .map(|r| (r.address.key.as_str(), r.version.0, r.value.is_some()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("deleted-at-source", 9, false),
+                ("missing-at-target", 3, true),
+                ("older-at-target", 7, true),
+                ("only-at-target", 12, false),
+            ]
+        );
     }
 }

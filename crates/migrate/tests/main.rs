@@ -151,12 +151,25 @@ async fn a_scope_copied_under_writes_catches_up_and_verifies_equal() {
     mover.target.import(&scope, &[live]).await.unwrap();
     let v = mover.verify().await.unwrap();
     assert_eq!(v.differing.len(), 1);
-    // Repairing re-copies the bucket from the source. FIXME(issue 4): a key that only the target
-    // holds is not removed yet — narrowing to keys (and tombstoning extras) is the engine's
-    // next step; today the bucket still differs after the repair, and this asserts that.
+    // The repair is narrowed to the one key that differs: a live key only the target holds,
+    // which it tombstones; every other record of the bucket was already there.
     let repaired = mover.repair(&v.differing).await.unwrap();
-    assert_eq!(repaired, 0, "every source record was already there");
-    assert_eq!(mover.verify().await.unwrap().differing.len(), 1);
+    assert_eq!(repaired, 1, "only the extra key differed");
+    assert!(mover.verify().await.unwrap().equal());
+    let mut at_target = mover.target.snapshot(&scope).await.unwrap();
+    let mut extra = None;
+    while let Some(batch) = at_target.next_batch(1_000).await.unwrap() {
+        extra = extra.or(batch
+            .into_iter()
+            .find(|r| r.address.key.as_str() == "extra"));
+    }
+    let extra = extra.expect("the extra key's tombstone");
+    assert_eq!(extra.value, None, "the extra key is gone");
+    assert_eq!(
+        extra.version,
+        domicile_core::Version(3),
+        "one above its version"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -520,4 +533,71 @@ fn reference_blob_collections(
     service: &domicile_core::ServiceName,
 ) -> std::collections::BTreeSet<domicile_core::CollectionName> {
     domicile_migrate::blob_collections(&domicile_core::reference::cluster_config().schema, service)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_many_chunks_imports_them_side_by_side_and_reports_them_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source_url, _) = node("cn-beijing", dir.path()).await;
+    let (target_url, _) = node("ap-singapore", dir.path()).await;
+    let http = cluster_client(dir.path());
+    let scope = ScopeRequest {
+        service: "ecommerce".parse().unwrap(),
+        market: "MY".parse().unwrap(),
+        buckets: "0-1023".parse().unwrap(),
+    };
+    let source = RegionClient::new(source_url, http.clone());
+    // 3.5 chunks' worth: the copy keeps two imports going and ends on a short chunk.
+    let total = domicile_migrate::mover::CHUNK * 7 / 2;
+    let records: Vec<_> = (0..total)
+        .map(|i| domicile_store::VersionedRecord {
+            address: domicile_store::CollectionAddress::new(
+                scope.service.clone(),
+                scope.market,
+                format!("my{}", i % 5_000).parse().unwrap(),
+                "orders".parse().unwrap(),
+                BucketCount::DEFAULT,
+            )
+            .record(format!("o{i}").parse().unwrap()),
+            version: domicile_core::Version(1_000 + i as u64),
+            value: Some(bytes::Bytes::from(format!("order {i}"))),
+        })
+        .collect();
+    for chunk in records.chunks(5_000) {
+        source.import(&scope, chunk).await.unwrap();
+    }
+    let mover = Mover {
+        source,
+        target: RegionClient::new(target_url, http),
+        scope: scope.clone(),
+        buckets: BucketCount::DEFAULT,
+        blob_collections: reference_blob_collections(&scope.service),
+    };
+    let mut run = mover.start_copy(&scope).await.unwrap();
+    let unlimited = domicile_migrate::throttle::Throttle::new(None);
+    let mut chunks = Vec::new();
+    while let Some(c) = run.next_chunk(&unlimited).await.unwrap() {
+        chunks.push(c);
+    }
+    let report = run.finish().await.unwrap();
+    assert_eq!(report.records, total as u64);
+    assert_eq!(report.applied, total as u64);
+    assert!(chunks.len() >= 4, "{chunks:?}");
+    // In snapshot order: totals grow chunk by chunk (by at most a chunk), and so does the
+    // bucket copied whole below.
+    let mut before = 0;
+    for pair in chunks.windows(2) {
+        assert!(
+            pair[1].complete_below >= pair[0].complete_below,
+            "{chunks:?}"
+        );
+    }
+    for c in &chunks {
+        assert!(c.records > before, "{chunks:?}");
+        assert!(c.records - before <= domicile_migrate::mover::CHUNK as u64);
+        before = c.records;
+    }
+    let v = mover.verify().await.unwrap();
+    assert!(v.equal(), "digests differ in {:?}", v.differing);
+    assert_eq!(v.records, total as u64);
 }
