@@ -74,11 +74,7 @@ pub async fn page(
         first.clone(),
         state.buckets,
     );
-    state
-        .ownership
-        .read()
-        .await
-        .check_collection(&of, epoch, false)?;
+    state.ownership().check_collection(&of, epoch, false)?;
     let mut items = Vec::new();
     let mut bytes = 0usize;
     for (name, kind) in collections {

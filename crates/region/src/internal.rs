@@ -302,7 +302,7 @@ pub async fn release(
 }
 
 async fn ownership_view(state: &NodeState) -> Json<OwnershipResponse> {
-    let table = state.ownership.read().await;
+    let table = state.ownership();
     Json(OwnershipResponse {
         region: state.region.clone(),
         ranges: table.ranges(),
@@ -321,15 +321,18 @@ pub async fn user_ownership(
         state.check_residency(req.market, &req.service)?;
     }
     state
-        .change_table(|t| {
-            t.apply_user(
-                &req.service,
-                &req.user,
-                req.epoch,
-                req.owner.clone(),
-                req.remove,
-            )
-        })
+        .change_table(
+            |_| false,
+            |t| {
+                t.apply_user(
+                    &req.service,
+                    &req.user,
+                    req.epoch,
+                    req.owner.clone(),
+                    req.remove,
+                )
+            },
+        )
         .await?;
     tracing::info!(service = %req.service, user = %req.user, epoch = %req.epoch, owner = ?req.owner, remove = req.remove, "user ownership changed");
     Ok(ownership_view(&state).await)
@@ -348,13 +351,7 @@ pub async fn purge(
 ) -> Result<Json<PurgeResponse>, ApiError> {
     let req: ScopeRequest = request::json(&request::body(body, 1 << 20).await?)?;
     let scope = scope_of(&state, req)?;
-    let gate = state.ownership.read().await;
-    if gate.holds_any(&scope.service, scope.market, scope.buckets.buckets()) {
-        return Err(ApiError::Conflict(format!(
-            "{}/{} buckets {} are still owned here; release them before purging",
-            scope.service, scope.market, scope.buckets
-        )));
-    }
+    let purging = state.start_purge(&scope).await?;
     let started = std::time::Instant::now();
     let records = state.store.purge(&scope).await?;
     let records_ms = started.elapsed().as_millis() as u64;
@@ -365,7 +362,7 @@ pub async fn purge(
         Some(keys) => keys.destroy_scope(&scope).await?,
         None => 0,
     };
-    drop(gate);
+    drop(purging);
     state.metrics.records_purged.inc_by(records);
     state.metrics.data_keys_destroyed.inc_by(keys_destroyed);
     tracing::info!(

@@ -81,9 +81,7 @@ fn written(version: Version) -> Response {
 async fn check_read(state: &NodeState, t: &Target) -> Result<(), ApiError> {
     let c = &t.collection;
     state
-        .ownership
-        .read()
-        .await
+        .ownership()
         .check_collection(c, t.epoch, false)
         .map(|_| ())
 }
@@ -173,7 +171,7 @@ async fn write(state: &NodeState, t: &Target, mutation: Mutation) -> Result<Vers
         Some(_) => Some(state.consent_locks.lock(&c.user).await),
         None => None,
     };
-    let gate = state.ownership.read().await;
+    let gate = state.write_gate().await;
     gate.check_collection(c, t.epoch, true)?;
     if let Some(purpose) = &t.consent
         && matches!(mutation.op, MutationOp::Put(_))
@@ -199,11 +197,7 @@ async fn put_blob(
     // Check ownership (and consent) before streaming megabytes in; the write re-checks both.
     {
         let c = &t.collection;
-        state
-            .ownership
-            .read()
-            .await
-            .check_collection(c, t.epoch, true)?;
+        state.ownership().check_collection(c, t.epoch, true)?;
         if let Some(purpose) = &t.consent {
             crate::consent::require_grant(state, c, purpose).await?;
         }

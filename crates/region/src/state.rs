@@ -33,10 +33,21 @@ pub struct NodeState {
     pub limits: Limits,
     pub store: Arc<dyn RegionStore>,
     pub blobs: BlobStore,
-    /// Writes hold this shared across their ownership check and their durable write; ownership
-    /// changes take it exclusively. So when `fence` returns its LSN, every write that passed the
-    /// check before the fence is already in the log — the cutover drain cannot miss one.
-    pub ownership: RwLock<OwnershipTable>,
+    /// The ownership table in force: reads check it without waiting for anything.
+    ownership: std::sync::RwLock<Arc<OwnershipTable>>,
+    /// Writes hold this shared across their ownership check and their durable write; a change
+    /// that takes writes away (fence, release, user changes) holds it exclusively. So when
+    /// `fence` returns its LSN, every write that passed the check before the fence is already
+    /// in the log — the cutover drain cannot miss one. Taking a range this node held no bucket
+    /// of needs no gate: no write of it can be in flight, and the writes that are (to other
+    /// ranges) are not its business — so a target's `own` does not wait behind them.
+    write_gate: RwLock<()>,
+    /// One ownership change at a time: each is computed from, persisted after, and put in force
+    /// over the one before.
+    changes: tokio::sync::Mutex<()>,
+    /// The scopes being purged: owning a range that overlaps one takes the exclusive gate, and
+    /// so waits for the purge (which holds the gate shared) instead of racing it.
+    purging: std::sync::Mutex<Vec<domicile_core::Scope>>,
     pub metrics: Arc<NodeMetrics>,
     /// The region's data keys, when its data is encrypted at rest: purges and erasures destroy
     /// the keys of what they remove (crypto-shredding).
@@ -69,7 +80,10 @@ impl NodeState {
             limits: cluster.limits,
             store,
             blobs,
-            ownership: RwLock::new(ownership),
+            ownership: std::sync::RwLock::new(Arc::new(ownership)),
+            write_gate: RwLock::new(()),
+            changes: tokio::sync::Mutex::new(()),
+            purging: std::sync::Mutex::new(Vec::new()),
             metrics: Arc::new(NodeMetrics::new()),
             data_keys: None,
             consent_locks: crate::consent::ConsentLocks::default(),
@@ -122,25 +136,97 @@ impl NodeState {
         owner: Option<RegionId>,
     ) -> Result<(), ApiError> {
         let started = std::time::Instant::now();
+        // Owning a range none of whose buckets this node holds (or is purging) gives writes,
+        // never takes any.
+        let widens = |table: &OwnershipTable| {
+            change == Change::Own
+                && !table.holds_any(service, market, range.buckets())
+                && !self.purging_any(service, market, range)
+        };
         let gate_ms = self
-            .change_table(|next| next.apply(change, service, market, range, epoch, owner))
+            .change_table(widens, |next| {
+                next.apply(change, service, market, range, epoch, owner)
+            })
             .await?;
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(?change, %service, %market, %range, %epoch, gate_ms, ms, "ownership changed");
         Ok(())
     }
 
-    /// Applies `edit` to a copy of the table, persists the copy, then puts it in force — all
-    /// under the exclusive gate, so no write sees a half-made change. Returns how long it waited
-    /// for the gate (for the writes in flight under it), in ms.
+    /// Starts a purge of `scope`: refused while any bucket of it is held here; otherwise the
+    /// write gate (shared) is held, and the scope marked as being purged, until the returned
+    /// guard is dropped. Checked and marked under the change lock, so no change slips between.
+    pub async fn start_purge(
+        &self,
+        scope: &domicile_core::Scope,
+    ) -> Result<PurgeGuard<'_>, ApiError> {
+        let _one_change = self.changes.lock().await;
+        let gate = self.write_gate().await;
+        if gate.holds_any(&scope.service, scope.market, scope.buckets.buckets()) {
+            return Err(ApiError::Conflict(format!(
+                "{}/{} buckets {} are still owned here; release them before purging",
+                scope.service, scope.market, scope.buckets
+            )));
+        }
+        self.purging
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(scope.clone());
+        Ok(PurgeGuard {
+            state: self,
+            scope: scope.clone(),
+            _gate: gate,
+        })
+    }
+
+    fn purging_any(&self, service: &ServiceName, market: Market, range: BucketRange) -> bool {
+        self.purging
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|s| {
+                s.service == *service
+                    && s.market == market
+                    && range.buckets().any(|b| s.buckets.contains(b))
+            })
+    }
+
+    /// The ownership table in force, for a read's check or a view.
+    pub fn ownership(&self) -> Arc<OwnershipTable> {
+        self.ownership
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The write gate, shared, with the table in force: hold it across a write's ownership
+    /// check and its durable write.
+    pub async fn write_gate(&self) -> WriteGate<'_> {
+        let shared = self.write_gate.read().await;
+        WriteGate {
+            _shared: shared,
+            table: self.ownership(),
+        }
+    }
+
+    /// Applies `edit` to a copy of the table, persists the copy, then puts it in force. A change
+    /// that may take writes away does it all under the exclusive write gate, so no write sees a
+    /// half-made change; one that only `widens` (see `write_gate`) does not wait for it. Returns
+    /// how long it waited for the gate (for the writes in flight under it), in ms.
     pub async fn change_table(
         &self,
+        widens: impl FnOnce(&OwnershipTable) -> bool,
         edit: impl FnOnce(&mut OwnershipTable) -> Result<(), ApiError>,
     ) -> Result<f64, ApiError> {
+        let _one_change = self.changes.lock().await;
         let waited = std::time::Instant::now();
-        let mut table = self.ownership.write().await;
+        let _exclusive = if widens(&self.ownership()) {
+            None
+        } else {
+            Some(self.write_gate.write().await)
+        };
         let gate_ms = waited.elapsed().as_secs_f64() * 1000.0;
-        let mut next = table.clone();
+        let mut next = OwnershipTable::clone(&self.ownership());
         edit(&mut next)?;
         let saved = SavedOwnership {
             ranges: next.ranges(),
@@ -150,7 +236,45 @@ impl NodeState {
         self.store
             .store_meta(OWNERSHIP_META, Bytes::from(bytes))
             .await?;
-        *table = next;
+        *self
+            .ownership
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
         Ok(gate_ms)
+    }
+}
+
+/// The shared write gate and the table a write checks under it.
+pub struct WriteGate<'a> {
+    _shared: tokio::sync::RwLockReadGuard<'a, ()>,
+    table: Arc<OwnershipTable>,
+}
+
+impl std::ops::Deref for WriteGate<'_> {
+    type Target = OwnershipTable;
+
+    fn deref(&self) -> &OwnershipTable {
+        &self.table
+    }
+}
+
+/// A purge under way: the write gate held shared, its scope marked (see
+/// [`NodeState::start_purge`]).
+pub struct PurgeGuard<'a> {
+    state: &'a NodeState,
+    scope: domicile_core::Scope,
+    _gate: WriteGate<'a>,
+}
+
+impl Drop for PurgeGuard<'_> {
+    fn drop(&mut self) {
+        let mut purging = self
+            .state
+            .purging
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(at) = purging.iter().position(|s| *s == self.scope) {
+            purging.remove(at);
+        }
     }
 }

@@ -398,9 +398,7 @@ async fn erase_waits_out_a_fenced_range() {
     let my = Market::new("MY").unwrap();
     let epoch = node
         .state
-        .ownership
-        .read()
-        .await
+        .ownership()
         .check(
             &ecommerce,
             my,

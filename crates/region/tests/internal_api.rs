@@ -313,8 +313,67 @@ async fn ownership_survives_a_restart() {
         .await;
     assert_eq!(reply.status, StatusCode::OK);
     drop(reply);
-    let before = state.ownership.read().await.ranges();
+    let before = state.ownership().ranges();
     drop(state);
     let state = open().await;
-    assert_eq!(state.ownership.read().await.ranges(), before);
+    assert_eq!(state.ownership().ranges(), before);
+}
+
+/// Lets spawned tasks run as far as they can: the ones still waiting are waiting for a lock.
+async fn settle() {
+    for _ in 0..200 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owning_a_new_range_does_not_wait_for_writes_in_flight_but_fencing_and_purges_do() {
+    use domicile_core::{Epoch, Market, ServiceName};
+    use domicile_region::ownership::Change;
+    let node = Node::start("ap-singapore").await;
+    let state = node.state.clone();
+    let ecommerce = ServiceName::new("ecommerce").unwrap();
+    let (my, sg) = (Market::new("MY").unwrap(), Market::new("SG").unwrap());
+    let range: domicile_core::BucketRange = "0-99".parse().unwrap();
+    let change = |change: Change, market: Market| {
+        let (state, service) = (state.clone(), ecommerce.clone());
+        async move {
+            state
+                .change_ownership(change, &service, market, range, Epoch(2), None)
+                .await
+        }
+    };
+    // A write in flight: it holds the gate shared until its commit is durable.
+    let in_flight = state.write_gate().await;
+    // The target takes a range it held none of: no write of it can be in flight.
+    tokio::time::timeout(std::time::Duration::from_secs(60), change(Change::Own, my))
+        .await
+        .expect("own waited for a write to another range")
+        .unwrap();
+    // Fencing takes writes away: it waits for the write in flight.
+    let fence = tokio::spawn(change(Change::Fence, my));
+    settle().await;
+    assert!(!fence.is_finished(), "the fence did not wait for the write");
+    drop(in_flight);
+    fence.await.unwrap().unwrap();
+
+    // A purge holds the gate and marks its scope: owning a range of it waits for the purge.
+    let scope = domicile_core::Scope {
+        service: ecommerce.clone(),
+        market: sg,
+        buckets: domicile_core::BucketSet::from_ranges([range]),
+    };
+    let purge = state.start_purge(&scope).await.unwrap();
+    let own = tokio::spawn(change(Change::Own, sg));
+    settle().await;
+    assert!(
+        !own.is_finished(),
+        "owning a range being purged raced the purge"
+    );
+    drop(purge);
+    own.await.unwrap().unwrap();
+    assert!(
+        state.start_purge(&scope).await.is_err(),
+        "a purge of a range owned here is refused"
+    );
 }

@@ -270,10 +270,7 @@ async fn residency_is_enforced_even_when_ownership_is_mis_set() {
     let service = ServiceName::new("account").unwrap();
     let cn = Market::new("CN").unwrap();
     node.state
-        .ownership
-        .write()
-        .await
-        .apply(
+        .change_ownership(
             domicile_region::ownership::Change::Own,
             &service,
             cn,
@@ -281,6 +278,7 @@ async fn residency_is_enforced_even_when_ownership_is_mis_set() {
             Epoch(2),
             None,
         )
+        .await
         .unwrap();
     let reply = node
         .data(Method::PUT, "/v1/users/u1/profile/main", "CN", "x")
