@@ -220,13 +220,15 @@ impl NodeState {
     ) -> Result<f64, ApiError> {
         let _one_change = self.changes.lock().await;
         let waited = std::time::Instant::now();
-        let _exclusive = if widens(&self.ownership()) {
+        // Changes are serialized: the table read here stays the one in force until the swap.
+        let current = self.ownership();
+        let _exclusive = if widens(&current) {
             None
         } else {
             Some(self.write_gate.write().await)
         };
         let gate_ms = waited.elapsed().as_secs_f64() * 1000.0;
-        let mut next = OwnershipTable::clone(&self.ownership());
+        let mut next = OwnershipTable::clone(&current);
         edit(&mut next)?;
         let saved = SavedOwnership {
             ranges: next.ranges(),
