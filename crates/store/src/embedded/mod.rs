@@ -17,6 +17,7 @@ use crate::store::{RegionStore, SnapshotScan};
 use async_trait::async_trait;
 use bytes::Bytes;
 use domicile_core::{BucketCount, Hlc, Market, RecordKey, Scope, ServiceName, UserId, Version};
+use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,20 +29,23 @@ use writer::Writer;
 /// The meta key holding the highest trimmed LSN, so the LSN never goes back.
 const LSN_FLOOR: &str = "lsn-floor";
 
-/// Tuning of the embedded engine. The defaults keep memory bounded (see `bench store`).
+/// Tuning of the embedded engine. The defaults keep a region node under 256 MiB while it
+/// copies 10 million records (decision 0011, `bench copy --records 10000000`).
 #[derive(Debug, Clone)]
 pub struct EmbeddedOptions {
-    /// Block cache, shared by every keyspace.
+    /// Block cache, shared by every keyspace; it also holds the filter and index blocks that
+    /// are not pinned (every one past level 0).
     pub cache_bytes: u64,
-    /// Memtable size per keyspace before it is flushed to a table.
+    /// Memtable size per keyspace before it is flushed to a table. A keyspace holds up to five
+    /// (one active, four sealed awaiting their flush) when compaction falls behind an import.
     pub memtable_bytes: u64,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
         Self {
-            cache_bytes: 64 << 20,
-            memtable_bytes: 16 << 20,
+            cache_bytes: 48 << 20,
+            memtable_bytes: 8 << 20,
         }
     }
 }
@@ -88,8 +92,15 @@ impl Drop for Inner {
     }
 }
 
+/// Every keyspace's options (fjall keeps them with the keyspace: they apply to stores created
+/// with them). fjall pins level-0 filters and level-0 and level-1 index blocks outside the
+/// cache by default, which grew with the store (22 MB at 3M records, `heaptrack`); here only
+/// level 0's index is pinned, the rest is read through the bounded cache.
 fn keyspace_options(options: &EmbeddedOptions) -> KeyspaceCreateOptions {
-    KeyspaceCreateOptions::default().max_memtable_size(options.memtable_bytes)
+    KeyspaceCreateOptions::default()
+        .max_memtable_size(options.memtable_bytes)
+        .index_block_pinning_policy(PinningPolicy::new([true, false]))
+        .filter_block_pinning_policy(PinningPolicy::all(false))
 }
 
 impl EmbeddedStore {
@@ -100,7 +111,9 @@ impl EmbeddedStore {
             .open()?;
         let records = db.keyspace("records", || keyspace_options(&options))?;
         let changes = db.keyspace("changes", || keyspace_options(&options))?;
-        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+        // Meta too: at fjall's default 64 MiB memtable, one data key per user and service filled it
+        // without a flush.
+        let meta = db.keyspace("meta", || keyspace_options(&options))?;
 
         let mut last = match meta.get(LSN_FLOOR)? {
             Some(v) => crate::keys::decode_lsn(&v)?,
