@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 
 // The store allocates per record on every path; glibc's allocator spent ~28% of an import
 // in malloc/free under contention (perf, bench store). See docs/decisions/0002-allocator.md.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
