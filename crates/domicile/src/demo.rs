@@ -168,13 +168,15 @@ async fn workload(
     // The table as the control plane publishes it, for the clients' modelled delays.
     let first = Arc::new(control.current().await?);
     let before_table = first.as_ref().clone();
-    let tables = Arc::new(tokio::sync::watch::channel(first).0);
-    let watcher = tokio::spawn(control.clone().watch(tables.clone()));
+    // The clients' receiver exists before the watch starts: a watch whose sender has no
+    // receiver ends at once, and the clients would then model every phase from the first table.
+    let (tables, clients_table) = tokio::sync::watch::channel(first);
+    let watcher = tokio::spawn(control.clone().watch(Arc::new(tables)));
     let users = Arc::new(seeded.users);
     let live = Live::start(
         &http,
         &e.gateway,
-        tables.subscribe(),
+        clients_table,
         users.clone(),
         &options,
         "before",
