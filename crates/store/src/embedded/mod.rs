@@ -33,8 +33,8 @@ const LSN_FLOOR: &str = "lsn-floor";
 /// copies 10 million records (decision 0011, `bench copy --records 10000000`).
 #[derive(Debug, Clone)]
 pub struct EmbeddedOptions {
-    /// Block cache, shared by every keyspace; it also holds the filter and index blocks that
-    /// are not pinned (every one past level 0).
+    /// Block cache, shared by every keyspace; it also holds the blocks that are not pinned:
+    /// every filter block, and index blocks past level 0.
     pub cache_bytes: u64,
     /// Memtable size per keyspace before it is flushed to a table. A keyspace holds up to five
     /// (one active, four sealed awaiting their flush) when compaction falls behind an import.
@@ -111,8 +111,8 @@ impl EmbeddedStore {
             .open()?;
         let records = db.keyspace("records", || keyspace_options(&options))?;
         let changes = db.keyspace("changes", || keyspace_options(&options))?;
-        // Meta too: at fjall's default 64 MiB memtable, one data key per user and service filled it
-        // without a flush.
+        // Meta too: under fjall's default 64 MiB memtable, one data key per user and service
+        // accumulated in memory and was never flushed (it never reached the limit).
         let meta = db.keyspace("meta", || keyspace_options(&options))?;
 
         let mut last = match meta.get(LSN_FLOOR)? {
