@@ -497,31 +497,59 @@ pub async fn digests_are_equal_after_a_copy(open: Open) {
 }
 
 /// A purge bigger than one turn of an engine's writer (engines purge in turns so that writes
-/// go on between them) still removes everything, and counts it once.
+/// go on between them), over two ranges with a bucket between them that is not purged, still
+/// removes everything, counts it once, and leaves the bucket between alone.
 pub async fn purge_removes_a_scope_larger_than_a_turn(open: Open) {
     let (_dir, store) = fresh(open).await;
-    let (inside, outside) = (
+    let (first, between, last) = (
         user_in_bucket(Bucket(10), "big"),
         user_in_bucket(Bucket(11), "big"),
+        user_in_bucket(Bucket(12), "big"),
     );
-    let records: Vec<VersionedRecord> = (0..10_000u64)
+    // 6,000 + 5,000: turns of either engine end inside a range and at its edge.
+    let records: Vec<VersionedRecord> = (0..11_000u64)
         .map(|k| VersionedRecord {
-            address: order(&inside, &format!("k{k:05}")),
+            address: order(if k < 6_000 { &first } else { &last }, &format!("k{k:05}")),
             version: Version(1 + k),
             value: Some(Bytes::from(format!("v{k}"))),
         })
         .collect();
     store.import(records).await.unwrap();
     store
-        .write(vec![put(&order(&outside, "k1"), "stays")])
+        .write(vec![put(&order(&between, "k1"), "stays")])
         .await
         .unwrap();
-    let scope = scope_of("ecommerce", "IN", [Bucket(10)]);
-    assert_eq!(store.purge(&scope).await.unwrap(), 10_000);
+    let scope = scope_of("ecommerce", "IN", [Bucket(10), Bucket(12)]);
+    assert_eq!(scope.buckets.ranges().len(), 2);
+    assert_eq!(store.purge(&scope).await.unwrap(), 11_000);
     let (_, left) = snapshot_all(store.as_ref(), &scope).await;
     assert!(left.is_empty(), "{} records left", left.len());
-    assert!(store.get(&order(&outside, "k1")).await.unwrap().is_some());
+    assert!(store.get(&order(&between, "k1")).await.unwrap().is_some());
     assert_eq!(store.purge(&scope).await.unwrap(), 0);
+}
+
+/// Trimming a log longer than one delete chunk of an engine removes exactly the entries up to
+/// the LSN.
+pub async fn trim_removes_a_log_longer_than_a_chunk(open: Open) {
+    let (_dir, store) = fresh(open).await;
+    let records: Vec<VersionedRecord> = (0..20_000u64)
+        .map(|k| VersionedRecord {
+            address: order("tina", &format!("k{k:05}")),
+            version: Version(1 + k),
+            value: Some(Bytes::from("v")),
+        })
+        .collect();
+    store.import(records).await.unwrap();
+    // A fresh store logs the 20,000 applied imports as LSNs 1..=20,000.
+    assert_eq!(store.last_lsn(), Lsn(20_000));
+    let upto = Lsn(17_000);
+    assert_eq!(store.trim_changes(upto).await.unwrap(), 17_000);
+    let (rest, _) = store
+        .changes(Lsn(0), &whole("ecommerce", "IN"), 100_000)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 3_000);
+    assert_eq!(rest.first().map(|c| c.entry.lsn), Some(Lsn(upto.0 + 1)));
 }
 
 pub async fn purge_removes_exactly_the_scope(open: Open) {

@@ -61,6 +61,7 @@ macro_rules! suite {
             check!(purge_user_removes_exactly_one_user);
             check!(writes_survive_a_reopen);
             check!(trimmed_change_log_keeps_its_lsns);
+            check!(trim_removes_a_log_longer_than_a_chunk);
             check!(meta_round_trips);
             check!(meta_lists_by_prefix_and_deletes);
 

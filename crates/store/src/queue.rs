@@ -16,6 +16,16 @@ pub(crate) const MAX_GROUP_RECORDS: usize = 16_384;
 /// Entries a purge removes per turn of the writer.
 pub(crate) const PURGE_TURN: usize = 4_096;
 
+/// One turn of a purge: what it removed, and the key ranges still to purge (none: done).
+#[derive(Debug, Default)]
+pub(crate) struct PurgeTurn {
+    pub removed: u64,
+    /// Start from where this turn stopped: a turn that began at the range's start again would
+    /// walk past every tombstone the earlier turns left (until compaction), and a purge of n
+    /// records would read n²/(2·PURGE_TURN) of them — minutes at a million records.
+    pub rest: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
 /// How many requests may wait for the writer before callers wait to queue.
 pub(crate) const QUEUE_DEPTH: usize = 4096;
 
@@ -26,11 +36,12 @@ pub(crate) enum Request {
     Grouped(Grouped),
     /// Purges and trims run alone, between groups. A purge removes stored entries whose
     /// record key falls in one of its half-open ranges, unlogged: at least `limit` of them if
-    /// there are that many (an engine may remove more in one turn), and says how many.
+    /// there are that many (an engine may remove more in one turn), and says how many and
+    /// what is left to purge.
     Purge {
         ranges: Vec<(Vec<u8>, Vec<u8>)>,
         limit: usize,
-        reply: Reply<u64>,
+        reply: Reply<PurgeTurn>,
     },
     Trim {
         upto: Lsn,
@@ -243,8 +254,8 @@ impl Submit<'_> {
     /// them (a 60k-record purge run in one turn held a busy region's writes for 5 s).
     async fn purge_ranges(&self, ranges: Vec<(Vec<u8>, Vec<u8>)>) -> Result<u64, StoreError> {
         let mut removed = 0;
-        loop {
-            let ranges = ranges.clone();
+        let mut ranges = ranges;
+        while !ranges.is_empty() {
             let turn = self
                 .send(|reply| Request::Purge {
                     ranges,
@@ -252,11 +263,10 @@ impl Submit<'_> {
                     reply,
                 })
                 .await?;
-            removed += turn;
-            if turn < PURGE_TURN as u64 {
-                return Ok(removed);
-            }
+            removed += turn.removed;
+            ranges = turn.rest;
         }
+        Ok(removed)
     }
 
     pub async fn purge_user(

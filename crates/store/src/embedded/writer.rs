@@ -9,7 +9,9 @@
 use super::Shared;
 use crate::error::StoreError;
 use crate::keys::{self, encode_change, encode_value, lsn_key};
-use crate::queue::{Grouped, KeyState, Reply, Request, clone_error, decide_batch, gather};
+use crate::queue::{
+    Grouped, KeyState, PurgeTurn, Reply, Request, clone_error, decide_batch, gather,
+};
 use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, VersionedRecord};
 use domicile_core::{Hlc, Version};
 use fjall::{Database, Keyspace, PersistMode};
@@ -305,44 +307,55 @@ impl Writer {
         self.commit_batch(batch, lsn)
     }
 
-    /// Removes up to `limit` records of `ranges` (in durable chunks).
-    fn purge(&self, ranges: &[(Vec<u8>, Vec<u8>)], limit: usize) -> Result<u64, StoreError> {
+    /// Removes up to `limit` records of `ranges` (in durable chunks); says what is left.
+    fn purge(&self, ranges: &[(Vec<u8>, Vec<u8>)], limit: usize) -> Result<PurgeTurn, StoreError> {
         let mut removed = 0u64;
-        for (start, end) in ranges {
+        for (i, (start, end)) in ranges.iter().enumerate() {
+            let mut from = start.clone();
             loop {
                 let left = limit.saturating_sub(removed as usize);
                 if left == 0 {
-                    return Ok(removed);
+                    let mut rest = vec![(from, end.clone())];
+                    rest.extend_from_slice(&ranges[i + 1..]);
+                    return Ok(PurgeTurn { removed, rest });
                 }
                 let chunk: Vec<Vec<u8>> = self
                     .records
-                    .range(start.clone()..end.clone())
+                    .range(from.clone()..end.clone())
                     .take(DELETE_CHUNK.min(left))
                     .map(|g| g.key().map(|k| k.to_vec()))
                     .collect::<Result<_, _>>()?;
-                if chunk.is_empty() {
+                let Some(last) = chunk.last() else {
                     break;
-                }
+                };
+                // The next chunk starts just past this one's last key, not at the tombstones.
+                from = successor(last);
                 removed += chunk.len() as u64;
                 self.delete_keys(&self.records, chunk)?;
             }
         }
-        Ok(removed)
+        Ok(PurgeTurn {
+            removed,
+            rest: Vec::new(),
+        })
     }
 
     fn trim(&self, upto: Lsn) -> Result<u64, StoreError> {
         let upto = upto.min(self.next_lsn);
         let mut removed = 0u64;
-        loop {
+        let (mut from, end) = (Vec::new(), lsn_key(upto).to_vec());
+        while from <= end {
             let chunk: Vec<Vec<u8>> = self
                 .changes
-                .range(..=lsn_key(upto).to_vec())
+                .range(from.clone()..=end.clone())
                 .take(DELETE_CHUNK)
                 .map(|g| g.key().map(|k| k.to_vec()))
                 .collect::<Result<_, _>>()?;
-            if chunk.is_empty() {
+            let Some(last) = chunk.last() else {
                 break;
-            }
+            };
+            // As in `purge`: on from the last key removed, past the tombstones.
+            from = successor(last);
             removed += chunk.len() as u64;
             self.delete_keys(&self.changes, chunk)?;
         }
@@ -356,6 +369,14 @@ impl Writer {
         self.commit_batch(batch, self.next_lsn)?;
         Ok(removed)
     }
+}
+
+/// The least key after `key` in byte order.
+fn successor(key: &[u8]) -> Vec<u8> {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    next
 }
 
 /// A key's state as a group sees it: staged earlier in the group, or stored.

@@ -13,7 +13,9 @@ use super::schema::{version_from_sql, version_to_sql};
 use super::{Shared, Sql, pg_error};
 use crate::error::StoreError;
 use crate::keys;
-use crate::queue::{Grouped, KeyState, Reply, Request, clone_error, decide_batch, gather};
+use crate::queue::{
+    Grouped, KeyState, PurgeTurn, Reply, Request, clone_error, decide_batch, gather,
+};
 use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, VersionedRecord};
 use bytes::Bytes;
 use domicile_core::{Hlc, Version};
@@ -481,7 +483,8 @@ impl Writer {
         tx.commit().await.map_err(|e| Failure::Unknown(pg_error(e)))
     }
 
-    async fn purge(&mut self, ranges: Vec<(Vec<u8>, Vec<u8>)>) -> Result<u64, StoreError> {
+    /// One statement per range, in one transaction: nothing is left for another turn.
+    async fn purge(&mut self, ranges: Vec<(Vec<u8>, Vec<u8>)>) -> Result<PurgeTurn, StoreError> {
         let tx = self.client.transaction().await.map_err(pg_error)?;
         let mut removed = 0u64;
         for (start, end) in ranges {
@@ -491,7 +494,10 @@ impl Writer {
                 .map_err(pg_error)?;
         }
         tx.commit().await.map_err(pg_error)?;
-        Ok(removed)
+        Ok(PurgeTurn {
+            removed,
+            rest: Vec::new(),
+        })
     }
 
     async fn trim(&mut self, upto: Lsn) -> Result<u64, StoreError> {
