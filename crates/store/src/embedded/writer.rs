@@ -10,7 +10,7 @@ use super::Shared;
 use crate::error::StoreError;
 use crate::keys::{self, encode_change, encode_value, lsn_key};
 use crate::queue::{
-    Grouped, KeyState, PurgeTurn, Reply, Request, clone_error, decide_batch, gather,
+    Backlog, Grouped, KeyState, PurgeTurn, Reply, Request, clone_error, decide_batch,
 };
 use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, VersionedRecord};
 use domicile_core::{Hlc, Version};
@@ -53,9 +53,16 @@ struct Group {
 
 impl Writer {
     pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        while let Some(first) = rx.blocking_recv() {
-            let queued = gather(first, &mut rx);
-            self.process(queued);
+        let mut backlog = Backlog::default();
+        loop {
+            if backlog.is_empty() {
+                match rx.blocking_recv() {
+                    Some(first) => backlog.push(first),
+                    None => break,
+                }
+            }
+            let group = backlog.next_group(&mut rx);
+            self.process(group);
         }
         tracing::debug!("store writer stopped: every handle was dropped");
     }

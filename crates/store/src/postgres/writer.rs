@@ -14,7 +14,7 @@ use super::{Shared, Sql, pg_error};
 use crate::error::StoreError;
 use crate::keys;
 use crate::queue::{
-    Grouped, KeyState, PurgeTurn, Reply, Request, clone_error, decide_batch, gather,
+    Backlog, Grouped, KeyState, PurgeTurn, Reply, Request, clone_error, decide_batch,
 };
 use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, VersionedRecord};
 use bytes::Bytes;
@@ -156,9 +156,16 @@ impl Writer {
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        while let Some(first) = rx.recv().await {
-            let queued = gather(first, &mut rx);
-            self.process(queued).await;
+        let mut backlog = Backlog::default();
+        loop {
+            if backlog.is_empty() {
+                match rx.recv().await {
+                    Some(first) => backlog.push(first),
+                    None => break,
+                }
+            }
+            let group = backlog.next_group(&mut rx);
+            self.process(group).await;
         }
         tracing::debug!("store writer stopped: every handle was dropped");
     }
