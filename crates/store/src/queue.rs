@@ -6,7 +6,7 @@ use crate::error::StoreError;
 use crate::record::{ImportOutcome, Lsn, Mutation, MutationOp, Precondition, VersionedRecord};
 use bytes::Bytes;
 use domicile_core::{BucketCount, Hlc, Market, Scope, ServiceName, UserId, Version};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
@@ -71,10 +71,7 @@ impl Request {
         match self {
             Request::Grouped(Grouped::Write { batch, .. }) => batch.len(),
             Request::Grouped(Grouped::Import { records, .. }) => records.len(),
-            Request::Grouped(Grouped::Meta { .. }) => 1,
-            // A purge's turn holds the writer for thousands of deletes: bulk.
-            Request::Purge { limit, .. } => *limit,
-            Request::Trim { .. } => 1,
+            _ => 1,
         }
     }
 
@@ -101,55 +98,20 @@ impl Grouped {
     }
 }
 
-/// Requests of at most this many records are interactive: a user's write, an ownership change,
-/// a cutover's drain. Anything bigger (a copy's chunk, a purge's turn) is bulk.
-pub(crate) const INTERACTIVE_RECORDS: usize = 1_024;
-
-/// What a writer has received and not yet processed. Requests that share the queue are
-/// concurrent (each caller waits for its answer before it sends again), so a writer may take
-/// them in any order; it takes interactive ones first. Without that, a cutover's last drain and
-/// the target's `own` waited behind every copy chunk queued before them (seconds at 1M users,
-/// with the range fenced), and so did users' writes.
-#[derive(Default)]
-pub(crate) struct Backlog {
-    waiting: VecDeque<Request>,
-}
-
-impl Backlog {
-    pub fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
-    }
-
-    pub fn push(&mut self, request: Request) {
-        self.waiting.push_back(request);
-    }
-
-    /// The next group: whatever has arrived is taken in (up to [`QUEUE_DEPTH`] waiting), then
-    /// the interactive requests in arrival order, then bulk ones in arrival order, up to
-    /// [`MAX_GROUP_RECORDS`] records (at least one request). The rest waits for the next group.
-    pub fn next_group(&mut self, rx: &mut mpsc::Receiver<Request>) -> Vec<Request> {
-        while self.waiting.len() < QUEUE_DEPTH {
-            match rx.try_recv() {
-                Ok(r) => self.waiting.push_back(r),
-                Err(_) => break,
+/// `first` and everything queued behind it, up to [`MAX_GROUP_RECORDS`] records.
+pub(crate) fn gather(first: Request, rx: &mut mpsc::Receiver<Request>) -> Vec<Request> {
+    let mut weight = first.weight();
+    let mut queued = vec![first];
+    while weight < MAX_GROUP_RECORDS {
+        match rx.try_recv() {
+            Ok(r) => {
+                weight += r.weight();
+                queued.push(r);
             }
+            Err(_) => break,
         }
-        let (mut group, mut weight) = (Vec::new(), 0);
-        let mut later = VecDeque::with_capacity(self.waiting.len());
-        for interactive in [true, false] {
-            for r in std::mem::take(&mut self.waiting) {
-                let fits = group.is_empty() || weight < MAX_GROUP_RECORDS;
-                if (r.weight() <= INTERACTIVE_RECORDS) == interactive && fits {
-                    weight += r.weight();
-                    group.push(r);
-                } else {
-                    later.push_back(r);
-                }
-            }
-            std::mem::swap(&mut self.waiting, &mut later);
-        }
-        group
     }
+    queued
 }
 
 /// A key's state as a writer sees it: (version, live).
@@ -343,59 +305,6 @@ mod tests {
             op,
             precondition,
         }
-    }
-
-    /// A write of `records` mutations, named by its first mutation's precondition version.
-    fn write_of(records: usize, name: u64) -> Request {
-        let (reply, _) = oneshot::channel();
-        let m = mutation(MutationOp::Delete, Precondition::Version(Version(name)));
-        Request::Grouped(Grouped::Write {
-            batch: vec![m; records],
-            reply,
-        })
-    }
-
-    fn names(group: &[Request]) -> Vec<u64> {
-        group
-            .iter()
-            .map(|r| match r {
-                Request::Grouped(Grouped::Write { batch, .. }) => match batch[0].precondition {
-                    Precondition::Version(v) => v.0,
-                    _ => unreachable!(),
-                },
-                Request::Grouped(Grouped::Meta { .. }) => 0,
-                _ => unreachable!(),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_group_takes_interactive_requests_before_bulk_ones_that_arrived_first() {
-        let (tx, mut rx) = mpsc::channel(QUEUE_DEPTH);
-        // Copy chunks queued first, then a user's write and an ownership change.
-        for (records, name) in [(10_000, 1), (10_000, 2), (10_000, 3), (1, 4)] {
-            tx.try_send(write_of(records, name)).unwrap();
-        }
-        let (reply, _) = oneshot::channel();
-        tx.try_send(Request::Grouped(Grouped::Meta {
-            name: "ownership".into(),
-            value: None,
-            reply,
-        }))
-        .unwrap();
-        let mut backlog = Backlog::default();
-        // Interactive first, then bulk in arrival order up to the group's weight.
-        assert_eq!(names(&backlog.next_group(&mut rx)), [4, 0, 1, 2]);
-        tx.try_send(write_of(1, 5)).unwrap();
-        tx.try_send(write_of(20_000, 6)).unwrap();
-        assert_eq!(names(&backlog.next_group(&mut rx)), [5, 3, 6]);
-        assert!(backlog.is_empty());
-        // A request heavier than a whole group still goes, alone.
-        tx.try_send(write_of(20_000, 7)).unwrap();
-        tx.try_send(write_of(20_000, 8)).unwrap();
-        assert_eq!(names(&backlog.next_group(&mut rx)), [7]);
-        assert_eq!(names(&backlog.next_group(&mut rx)), [8]);
-        assert!(backlog.is_empty());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::Shared;
 use crate::error::StoreError;
 use crate::keys::{self, encode_change, encode_value, lsn_key};
 use crate::queue::{
-    Backlog, Grouped, KeyState, PurgeTurn, Reply, Request, clone_error, decide_batch,
+    Grouped, KeyState, PurgeTurn, Reply, Request, clone_error, decide_batch, gather,
 };
 use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, VersionedRecord};
 use domicile_core::{Hlc, Version};
@@ -53,16 +53,9 @@ struct Group {
 
 impl Writer {
     pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        let mut backlog = Backlog::default();
-        loop {
-            if backlog.is_empty() {
-                match rx.blocking_recv() {
-                    Some(first) => backlog.push(first),
-                    None => break,
-                }
-            }
-            let group = backlog.next_group(&mut rx);
-            self.process(group);
+        while let Some(first) = rx.blocking_recv() {
+            let queued = gather(first, &mut rx);
+            self.process(queued);
         }
         tracing::debug!("store writer stopped: every handle was dropped");
     }

@@ -14,7 +14,7 @@ use super::{Shared, Sql, pg_error};
 use crate::error::StoreError;
 use crate::keys;
 use crate::queue::{
-    Backlog, Grouped, KeyState, PurgeTurn, Reply, Request, clone_error, decide_batch,
+    Grouped, KeyState, PurgeTurn, Reply, Request, clone_error, decide_batch, gather,
 };
 use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, VersionedRecord};
 use bytes::Bytes;
@@ -156,16 +156,9 @@ impl Writer {
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        let mut backlog = Backlog::default();
-        loop {
-            if backlog.is_empty() {
-                match rx.recv().await {
-                    Some(first) => backlog.push(first),
-                    None => break,
-                }
-            }
-            let group = backlog.next_group(&mut rx);
-            self.process(group).await;
+        while let Some(first) = rx.recv().await {
+            let queued = gather(first, &mut rx);
+            self.process(queued).await;
         }
         tracing::debug!("store writer stopped: every handle was dropped");
     }
