@@ -148,7 +148,7 @@ pub async fn write_batch(
         true => None,
         false => Some(state.consent_locks.lock(&c.user).await),
     };
-    let gate = state.write_gate(&c).await;
+    let gate = state.write_gate().await;
     gate.check_collection(&c, epoch, true)?;
     for (collection, purpose) in &batch.purposes {
         crate::consent::require_grant(&state, collection, purpose).await?;

@@ -237,7 +237,7 @@ pub async fn grant(
     };
     let mutation = put(c.record(call.key()?), &consent)?;
     let _consent = state.consent_locks.lock(&c.user).await;
-    let gate = state.write_gate(c).await;
+    let gate = state.write_gate().await;
     gate.check_collection(c, call.epoch, true)?;
     let versions = state.store.write(vec![mutation]).await?;
     drop(gate);
@@ -262,7 +262,7 @@ pub async fn revoke(
     let c = &call.consents;
     state.check_residency(c.market, &c.service)?;
     let _consent = state.consent_locks.lock(&c.user).await;
-    let gate = state.write_gate(c).await;
+    let gate = state.write_gate().await;
     gate.check_collection(c, call.epoch, true)?;
     let previous = stored(&state, c, &call.purpose).await?.map(|(_, p)| p);
     let consent = match previous {

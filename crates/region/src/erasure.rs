@@ -94,7 +94,7 @@ async fn erase_scope(
         state.buckets,
     );
     let _consent = state.consent_locks.lock(user).await;
-    let gate = state.write_gate(&of).await;
+    let gate = state.write_gate().await;
     let records = match gate.check_collection(&of, None, true) {
         Ok(_) => {
             let mut records = 0;

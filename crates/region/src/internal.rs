@@ -320,10 +320,8 @@ pub async fn user_ownership(
     if req.owner.is_none() && !req.remove {
         state.check_residency(req.market, &req.service)?;
     }
-    let bucket = state.buckets.bucket_of(&req.user);
     state
         .change_table(
-            crate::state::Changed::User(bucket),
             |_| false,
             |t| {
                 t.apply_user(

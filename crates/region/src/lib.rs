@@ -20,7 +20,6 @@ pub mod metrics;
 pub mod ownership;
 pub mod public;
 pub mod state;
-pub mod write_gates;
 
 use axum::Router;
 use axum::extract::State;

@@ -171,7 +171,7 @@ async fn write(state: &NodeState, t: &Target, mutation: Mutation) -> Result<Vers
         Some(_) => Some(state.consent_locks.lock(&c.user).await),
         None => None,
     };
-    let gate = state.write_gate(c).await;
+    let gate = state.write_gate().await;
     gate.check_collection(c, t.epoch, true)?;
     if let Some(purpose) = &t.consent
         && matches!(mutation.op, MutationOp::Put(_))

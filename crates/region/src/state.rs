@@ -2,16 +2,16 @@
 
 use crate::metrics::NodeMetrics;
 use crate::ownership::{Change, OwnershipTable};
-use crate::write_gates::{SharedGates, WriteGates};
 use bytes::Bytes;
 use domicile_core::{
-    Bucket, BucketCount, BucketRange, ClusterConfig, Epoch, Limits, Market, Policy, RegionId,
-    Schema, ServiceName,
+    BucketCount, BucketRange, ClusterConfig, Epoch, Limits, Market, Policy, RegionId, Schema,
+    ServiceName,
 };
 use domicile_http::ApiError;
-use domicile_store::{BlobStore, CollectionAddress, DataKeys, RegionStore, StoreError};
+use domicile_store::{BlobStore, DataKeys, RegionStore, StoreError};
 use domicile_wire::api::OwnedRange;
 use std::sync::Arc;
+use tokio::sync::RwLock;
 
 /// The metadata name under which the ownership table is persisted.
 const OWNERSHIP_META: &str = "ownership";
@@ -35,14 +35,13 @@ pub struct NodeState {
     pub blobs: BlobStore,
     /// The ownership table in force: reads check it without waiting for anything.
     ownership: std::sync::RwLock<Arc<OwnershipTable>>,
-    /// Writes hold their bucket's gate shared across their ownership check and their durable
-    /// write; a change that takes writes away (fence, release, user changes) holds the gates of
-    /// its range exclusively. So when `fence` returns its LSN, every write of the range that
-    /// passed the check before the fence is already in the log — the cutover drain cannot miss
-    /// one — while writes of other ranges neither hold the fence up nor wait for it. Taking a
-    /// range this node held no bucket of needs no gate: no write of it can be in flight — so a
-    /// target's `own` does not wait behind anything.
-    gates: WriteGates,
+    /// Writes hold this shared across their ownership check and their durable write; a change
+    /// that takes writes away (fence, release, user changes) holds it exclusively. So when
+    /// `fence` returns its LSN, every write that passed the check before the fence is already
+    /// in the log — the cutover drain cannot miss one. Taking a range this node held no bucket
+    /// of needs no gate: no write of it can be in flight, and the writes that are (to other
+    /// ranges) are not its business — so a target's `own` does not wait behind them.
+    write_gate: RwLock<()>,
     /// One ownership change at a time: each is computed from, persisted after, and put in force
     /// over the one before.
     changes: tokio::sync::Mutex<()>,
@@ -82,7 +81,7 @@ impl NodeState {
             store,
             blobs,
             ownership: std::sync::RwLock::new(Arc::new(ownership)),
-            gates: WriteGates::new(cluster.buckets),
+            write_gate: RwLock::new(()),
             changes: tokio::sync::Mutex::new(()),
             purging: std::sync::Mutex::new(Vec::new()),
             metrics: Arc::new(NodeMetrics::new()),
@@ -145,7 +144,7 @@ impl NodeState {
                 && !self.purging_any(service, market, range)
         };
         let gate_ms = self
-            .change_table(Changed::Range(service, market, range), widens, |next| {
+            .change_table(widens, |next| {
                 next.apply(change, service, market, range, epoch, owner)
             })
             .await?;
@@ -155,22 +154,15 @@ impl NodeState {
     }
 
     /// Starts a purge of `scope`: refused while any bucket of it is held here; otherwise the
-    /// scope's write gates (shared) are held, and the scope marked as being purged, until the
-    /// returned guard is dropped. Checked and marked under the change lock, so no change slips
-    /// between.
+    /// write gate (shared) is held, and the scope marked as being purged, until the returned
+    /// guard is dropped. Checked and marked under the change lock, so no change slips between.
     pub async fn start_purge(
         &self,
         scope: &domicile_core::Scope,
     ) -> Result<PurgeGuard<'_>, ApiError> {
         let _one_change = self.changes.lock().await;
-        let gates = self
-            .gates
-            .shared(&scope.service, scope.market, scope.buckets.buckets())
-            .await;
-        if self
-            .ownership()
-            .holds_any(&scope.service, scope.market, scope.buckets.buckets())
-        {
+        let gate = self.write_gate().await;
+        if gate.holds_any(&scope.service, scope.market, scope.buckets.buckets()) {
             return Err(ApiError::Conflict(format!(
                 "{}/{} buckets {} are still owned here; release them before purging",
                 scope.service, scope.market, scope.buckets
@@ -183,7 +175,7 @@ impl NodeState {
         Ok(PurgeGuard {
             state: self,
             scope: scope.clone(),
-            _gates: gates,
+            _gate: gate,
         })
     }
 
@@ -207,10 +199,10 @@ impl NodeState {
             .clone()
     }
 
-    /// The write gate of a bucket, shared, with the table in force: hold it across a write's
-    /// ownership check and its durable write.
-    pub async fn write_gate(&self, c: &CollectionAddress) -> WriteGate<'_> {
-        let shared = self.gates.write(&c.service, c.market, c.bucket).await;
+    /// The write gate, shared, with the table in force: hold it across a write's ownership
+    /// check and its durable write.
+    pub async fn write_gate(&self) -> WriteGate<'_> {
+        let shared = self.write_gate.read().await;
         WriteGate {
             _shared: shared,
             table: self.ownership(),
@@ -218,13 +210,11 @@ impl NodeState {
     }
 
     /// Applies `edit` to a copy of the table, persists the copy, then puts it in force. A change
-    /// that may take writes away does it all under the exclusive write gates of `buckets` (the
-    /// ones it changes), so no write sees a half-made change; one that only `widens` (see
-    /// `gates`) does not wait for them. Returns how long it waited for the gates (for the writes
-    /// in flight under them), in ms.
+    /// that may take writes away does it all under the exclusive write gate, so no write sees a
+    /// half-made change; one that only `widens` (see `write_gate`) does not wait for it. Returns
+    /// how long it waited for the gate (for the writes in flight under it), in ms.
     pub async fn change_table(
         &self,
-        changed: Changed<'_>,
         widens: impl FnOnce(&OwnershipTable) -> bool,
         edit: impl FnOnce(&mut OwnershipTable) -> Result<(), ApiError>,
     ) -> Result<f64, ApiError> {
@@ -235,12 +225,7 @@ impl NodeState {
         let _exclusive = if widens(&current) {
             None
         } else {
-            Some(match changed {
-                Changed::Range(service, market, range) => {
-                    self.gates.exclusive(service, market, range.buckets()).await
-                }
-                Changed::User(bucket) => self.gates.exclusive_bucket(bucket).await,
-            })
+            Some(self.write_gate.write().await)
         };
         let gate_ms = waited.elapsed().as_secs_f64() * 1000.0;
         let mut next = OwnershipTable::clone(&current);
@@ -261,16 +246,7 @@ impl NodeState {
     }
 }
 
-/// What a change to the ownership table changes, so that it waits for the writes in flight
-/// there (and only there).
-#[derive(Debug, Clone, Copy)]
-pub enum Changed<'a> {
-    Range(&'a ServiceName, Market, BucketRange),
-    /// One user's override, in their bucket.
-    User(Bucket),
-}
-
-/// A write's gate, shared, and the table the write checks under it.
+/// The shared write gate and the table a write checks under it.
 pub struct WriteGate<'a> {
     _shared: tokio::sync::RwLockReadGuard<'a, ()>,
     table: Arc<OwnershipTable>,
@@ -284,12 +260,12 @@ impl std::ops::Deref for WriteGate<'_> {
     }
 }
 
-/// A purge under way: its write gates held shared, its scope marked (see
+/// A purge under way: the write gate held shared, its scope marked (see
 /// [`NodeState::start_purge`]).
 pub struct PurgeGuard<'a> {
     state: &'a NodeState,
     scope: domicile_core::Scope,
-    _gates: SharedGates<'a>,
+    _gate: WriteGate<'a>,
 }
 
 impl Drop for PurgeGuard<'_> {
