@@ -17,7 +17,7 @@ pub(crate) const MAX_GROUP_RECORDS: usize = 16_384;
 pub(crate) const PURGE_TURN: usize = 4_096;
 
 /// One turn of a purge: what it removed, and the key ranges still to purge (none: done).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct PurgeTurn {
     pub removed: u64,
     /// Start from where this turn stopped: a turn that began at the range's start again would
@@ -252,9 +252,8 @@ impl Submit<'_> {
 
     /// A purge in turns of [`PURGE_TURN`] entries, so that the region's writes go on between
     /// them (a 60k-record purge run in one turn held a busy region's writes for 5 s).
-    async fn purge_ranges(&self, ranges: Vec<(Vec<u8>, Vec<u8>)>) -> Result<u64, StoreError> {
+    async fn purge_ranges(&self, mut ranges: Vec<(Vec<u8>, Vec<u8>)>) -> Result<u64, StoreError> {
         let mut removed = 0;
-        let mut ranges = ranges;
         while !ranges.is_empty() {
             let turn = self
                 .send(|reply| Request::Purge {

@@ -307,58 +307,64 @@ impl Writer {
         self.commit_batch(batch, lsn)
     }
 
-    /// Removes up to `limit` records of `ranges` (in durable chunks); says what is left.
+    /// Deletes up to `limit` keys of `ks` in `from..end`, in durable chunks, each chunk starting
+    /// just past the last key the one before removed (not at the range's start, where the
+    /// earlier chunks' tombstones lie until compaction). Returns how many it removed and, if it
+    /// stopped at `limit`, where to go on.
+    fn delete_range(
+        &self,
+        ks: &Keyspace,
+        mut from: Vec<u8>,
+        end: &[u8],
+        limit: usize,
+    ) -> Result<(usize, Option<Vec<u8>>), StoreError> {
+        let mut removed = 0;
+        loop {
+            let left = limit - removed;
+            if left == 0 {
+                return Ok((removed, Some(from)));
+            }
+            let chunk: Vec<Vec<u8>> = ks
+                .range(from.clone()..end.to_vec())
+                .take(DELETE_CHUNK.min(left))
+                .map(|g| g.key().map(|k| k.to_vec()))
+                .collect::<Result<_, _>>()?;
+            let Some(last) = chunk.last() else {
+                return Ok((removed, None));
+            };
+            from = successor(last);
+            removed += chunk.len();
+            self.delete_keys(ks, chunk)?;
+        }
+    }
+
+    /// Removes up to `limit` records of `ranges`; says what is left.
     fn purge(&self, ranges: &[(Vec<u8>, Vec<u8>)], limit: usize) -> Result<PurgeTurn, StoreError> {
-        let mut removed = 0u64;
+        let mut removed = 0;
         for (i, (start, end)) in ranges.iter().enumerate() {
-            let mut from = start.clone();
-            loop {
-                let left = limit.saturating_sub(removed as usize);
-                if left == 0 {
-                    let mut rest = vec![(from, end.clone())];
-                    rest.extend_from_slice(&ranges[i + 1..]);
-                    return Ok(PurgeTurn { removed, rest });
-                }
-                let chunk: Vec<Vec<u8>> = self
-                    .records
-                    .range(from.clone()..end.clone())
-                    .take(DELETE_CHUNK.min(left))
-                    .map(|g| g.key().map(|k| k.to_vec()))
-                    .collect::<Result<_, _>>()?;
-                let Some(last) = chunk.last() else {
-                    break;
-                };
-                // The next chunk starts just past this one's last key, not at the tombstones.
-                from = successor(last);
-                removed += chunk.len() as u64;
-                self.delete_keys(&self.records, chunk)?;
+            let (n, stopped_at) =
+                self.delete_range(&self.records, start.clone(), end, limit - removed)?;
+            removed += n;
+            if let Some(from) = stopped_at {
+                let mut rest = vec![(from, end.clone())];
+                rest.extend_from_slice(&ranges[i + 1..]);
+                return Ok(PurgeTurn {
+                    removed: removed as u64,
+                    rest,
+                });
             }
         }
         Ok(PurgeTurn {
-            removed,
+            removed: removed as u64,
             rest: Vec::new(),
         })
     }
 
     fn trim(&self, upto: Lsn) -> Result<u64, StoreError> {
         let upto = upto.min(self.next_lsn);
-        let mut removed = 0u64;
-        let (mut from, end) = (Vec::new(), lsn_key(upto).to_vec());
-        while from <= end {
-            let chunk: Vec<Vec<u8>> = self
-                .changes
-                .range(from.clone()..=end.clone())
-                .take(DELETE_CHUNK)
-                .map(|g| g.key().map(|k| k.to_vec()))
-                .collect::<Result<_, _>>()?;
-            let Some(last) = chunk.last() else {
-                break;
-            };
-            // As in `purge`: on from the last key removed, past the tombstones.
-            from = successor(last);
-            removed += chunk.len() as u64;
-            self.delete_keys(&self.changes, chunk)?;
-        }
+        // Up to and including `upto`'s entry: the range ends at the key just past it.
+        let end = successor(&lsn_key(upto));
+        let (removed, _) = self.delete_range(&self.changes, Vec::new(), &end, usize::MAX)?;
         // Remember the floor so that the LSN never goes back, even with an empty log.
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         batch.insert(
@@ -367,7 +373,7 @@ impl Writer {
             lsn_key(upto).to_vec(),
         );
         self.commit_batch(batch, self.next_lsn)?;
-        Ok(removed)
+        Ok(removed as u64)
     }
 }
 
