@@ -41,6 +41,7 @@ pub fn record_place(address: &RecordAddress) -> Vec<u8> {
     )
 }
 
+/// Seals `plaintext` into one buffer laid out as above: one allocation, one copy.
 pub fn seal_value(
     key: &RandomizedNonceKey,
     place: &[u8],
@@ -49,13 +50,12 @@ pub fn seal_value(
     let mut out = Vec::with_capacity(plaintext.len() + VALUE_OVERHEAD);
     out.push(VALUE_FORMAT);
     out.extend_from_slice(&[0u8; NONCE_LEN]);
-    let mut body = plaintext.to_vec();
-    body.reserve(TAG_LEN);
-    let nonce = key
-        .seal_in_place_append_tag(Aad::from(place), &mut body)
+    out.extend_from_slice(plaintext);
+    let (nonce, tag) = key
+        .seal_in_place_separate_tag(Aad::from(place), &mut out[1 + NONCE_LEN..])
         .map_err(|_| EncryptionError::Crypto("seal a value"))?;
     out[1..1 + NONCE_LEN].copy_from_slice(nonce.as_ref());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(tag.as_ref());
     Ok(Bytes::from(out))
 }
 

@@ -44,10 +44,15 @@ async fn keys_of<'a>(
     keys: &DataKeys,
     owners: impl Iterator<Item = &'a CollectionAddress>,
     write: bool,
-) -> Result<HashMap<DataKeyId, Arc<RandomizedNonceKey>>, StoreError> {
+) -> Result<BatchKeys, StoreError> {
     let mut distinct: Vec<&CollectionAddress> = Vec::new();
     let mut seen = HashSet::new();
     for owner in owners {
+        // Batches come grouped by owner (snapshots run in user order): a repeat of the last
+        // owner needs no id built and hashed.
+        if distinct.last().is_some_and(|last| same_owner(last, owner)) {
+            continue;
+        }
         if seen.insert(DataKeyId::of(owner)) {
             distinct.push(owner);
         }
@@ -61,16 +66,38 @@ async fn keys_of<'a>(
         Ok::<_, StoreError>((DataKeyId::of(owner), key))
     }))
     .await?;
-    Ok(fetched.into_iter().collect())
+    Ok(BatchKeys {
+        keys: fetched.into_iter().collect(),
+        last: None,
+    })
 }
 
-fn key_in<'m>(
-    keys: &'m HashMap<DataKeyId, Arc<RandomizedNonceKey>>,
-    owner: &CollectionAddress,
-) -> Result<&'m RandomizedNonceKey, StoreError> {
-    keys.get(&DataKeyId::of(owner))
-        .map(Arc::as_ref)
-        .ok_or_else(|| StoreError::Corrupt("a batch's data key went missing".into()))
+/// Whether `a` and `b` belong to one data key's owner (one user's data in one service).
+fn same_owner(a: &CollectionAddress, b: &CollectionAddress) -> bool {
+    a.user == b.user && a.bucket == b.bucket && a.market == b.market && a.service == b.service
+}
+
+/// A batch's data keys by owner, remembering the last one asked for.
+struct BatchKeys {
+    keys: HashMap<DataKeyId, Arc<RandomizedNonceKey>>,
+    last: Option<(CollectionAddress, Arc<RandomizedNonceKey>)>,
+}
+
+impl BatchKeys {
+    fn key_of(&mut self, owner: &CollectionAddress) -> Result<Arc<RandomizedNonceKey>, StoreError> {
+        if let Some((last, key)) = &self.last
+            && same_owner(last, owner)
+        {
+            return Ok(key.clone());
+        }
+        let key = self
+            .keys
+            .get(&DataKeyId::of(owner))
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupt("a batch's data key went missing".into()))?;
+        self.last = Some((owner.clone(), key.clone()));
+        Ok(key)
+    }
 }
 
 async fn open(
@@ -87,11 +114,11 @@ async fn open_records(
     mut records: Vec<VersionedRecord>,
 ) -> Result<Vec<VersionedRecord>, StoreError> {
     let live = records.iter().filter(|r| r.value.is_some());
-    let batch_keys = keys_of(keys, live.map(|r| &r.address.collection), false).await?;
+    let mut batch_keys = keys_of(keys, live.map(|r| &r.address.collection), false).await?;
     for r in &mut records {
         if let Some(v) = &r.value {
-            let key = key_in(&batch_keys, &r.address.collection)?;
-            r.value = Some(open_value(key, &record_place(&r.address), v)?);
+            let key = batch_keys.key_of(&r.address.collection)?;
+            r.value = Some(open_value(&key, &record_place(&r.address), v)?);
         }
     }
     Ok(records)
@@ -105,11 +132,11 @@ impl RegionStore for EncryptedStore {
 
     async fn write(&self, mut batch: Vec<Mutation>) -> Result<Vec<Version>, StoreError> {
         let puts = batch.iter().filter(|m| matches!(m.op, MutationOp::Put(_)));
-        let batch_keys = keys_of(&self.keys, puts.map(|m| &m.address.collection), true).await?;
+        let mut batch_keys = keys_of(&self.keys, puts.map(|m| &m.address.collection), true).await?;
         for m in &mut batch {
             if let MutationOp::Put(value) = &m.op {
-                let key = key_in(&batch_keys, &m.address.collection)?;
-                m.op = MutationOp::Put(seal_value(key, &record_place(&m.address), value)?);
+                let key = batch_keys.key_of(&m.address.collection)?;
+                m.op = MutationOp::Put(seal_value(&key, &record_place(&m.address), value)?);
             }
         }
         self.inner.write(batch).await
@@ -140,11 +167,11 @@ impl RegionStore for EncryptedStore {
 
     async fn import(&self, mut records: Vec<VersionedRecord>) -> Result<ImportOutcome, StoreError> {
         let live = records.iter().filter(|r| r.value.is_some());
-        let batch_keys = keys_of(&self.keys, live.map(|r| &r.address.collection), true).await?;
+        let mut batch_keys = keys_of(&self.keys, live.map(|r| &r.address.collection), true).await?;
         for r in &mut records {
             if let Some(v) = &r.value {
-                let key = key_in(&batch_keys, &r.address.collection)?;
-                r.value = Some(seal_value(key, &record_place(&r.address), v)?);
+                let key = batch_keys.key_of(&r.address.collection)?;
+                r.value = Some(seal_value(&key, &record_place(&r.address), v)?);
             }
         }
         self.inner.import(records).await
