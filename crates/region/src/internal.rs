@@ -173,8 +173,20 @@ pub async fn import(
     // Nothing crosses a border the policy forbids: checked before a byte is read.
     state.check_residency(q.market, &q.service)?;
     let bytes = request::body(body, MAX_IMPORT_BYTES).await?;
+    let records = import_records(&state, &q, &bytes)?;
+    let outcome = state.store.import(records).await?;
+    state.metrics.records_imported.inc_by(outcome.applied);
+    Ok(Json(outcome.into()))
+}
+
+/// An import stream's records, each checked against the import's scope and the node's limits.
+fn import_records(
+    state: &NodeState,
+    q: &ImportQuery,
+    bytes: &[u8],
+) -> Result<Vec<VersionedRecord>, ApiError> {
     let malformed = |e: frame::FrameError| ApiError::bad("malformed_stream", e.to_string());
-    let (header, frames, _) = frame::decode_all(&bytes).map_err(malformed)?;
+    let (header, frames, _) = frame::decode_all(bytes).map_err(malformed)?;
     if header.kind != StreamKind::Import {
         return Err(ApiError::bad(
             "malformed_stream",
@@ -182,6 +194,7 @@ pub async fn import(
         ));
     }
     let mut records: Vec<VersionedRecord> = Vec::with_capacity(frames.len());
+    let mut bucket_checked: Option<(domicile_core::UserId, domicile_core::Bucket)> = None;
     for f in frames {
         let Frame::Record(r) = f else {
             return Err(ApiError::bad(
@@ -206,11 +219,18 @@ pub async fn import(
                 format!("collection {} is not part of {}", c.collection, q.service),
             ));
         }
-        if state.buckets.bucket_of(&c.user) != c.bucket {
-            return Err(ApiError::bad(
-                "scope_mismatch",
-                format!("user {} is not in bucket {}", c.user, c.bucket),
-            ));
+        // A user's records come together: their bucket is hashed once per user, not per record.
+        let checked = bucket_checked
+            .as_ref()
+            .is_some_and(|(user, bucket)| *user == c.user && *bucket == c.bucket);
+        if !checked {
+            if state.buckets.bucket_of(&c.user) != c.bucket {
+                return Err(ApiError::bad(
+                    "scope_mismatch",
+                    format!("user {} is not in bucket {}", c.user, c.bucket),
+                ));
+            }
+            bucket_checked = Some((c.user.clone(), c.bucket));
         }
         if r.value
             .as_ref()
@@ -222,9 +242,7 @@ pub async fn import(
         }
         records.push(r);
     }
-    let outcome = state.store.import(records).await?;
-    state.metrics.records_imported.inc_by(outcome.applied);
-    Ok(Json(outcome.into()))
+    Ok(records)
 }
 
 /// `POST /internal/digest` `{service, market, buckets}` → one digest per bucket.

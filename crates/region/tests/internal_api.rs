@@ -264,6 +264,47 @@ async fn imports_the_policy_forbids_or_that_are_malformed_write_nothing() {
 }
 
 #[tokio::test]
+async fn an_import_with_a_record_in_the_wrong_bucket_writes_nothing() {
+    let source = Node::start("cn-beijing").await;
+    let target = Node::start("us-west").await;
+    seed(&source, 2).await;
+    let snap = source
+        .send(Method::POST, "/internal/snapshot", &[], SCOPE)
+        .await;
+    let (_, frames, _) = frame::decode_all(&snap.body).unwrap();
+    assert_eq!(frames.len(), 6);
+    // The import checks a user's bucket once per run of their records: a later record of the
+    // same user naming another bucket must still be caught, wherever it sits in the run.
+    for tampered in [0, 1, 5] {
+        let mut frames = frames.clone();
+        let Frame::Record(r) = &mut frames[tampered] else {
+            panic!("a snapshot carries records");
+        };
+        let bucket = &mut r.address.collection.bucket;
+        bucket.0 = (bucket.0 + 1) % 1024;
+        let refused = target
+            .send(
+                Method::POST,
+                "/internal/import?service=ecommerce&market=HK",
+                &[],
+                import_body(&frames),
+            )
+            .await;
+        refused.assert_error(StatusCode::BAD_REQUEST, "scope_mismatch");
+    }
+    assert_eq!(target.lsn(), 0, "a refused import writes nothing");
+    let accepted = target
+        .send(
+            Method::POST,
+            "/internal/import?service=ecommerce&market=HK",
+            &[],
+            import_body(&frames),
+        )
+        .await;
+    assert_eq!(accepted.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn long_polling_the_change_stream_wakes_on_a_write() {
     let node = Node::start("cn-beijing").await;
     let state = node.state.clone();
