@@ -52,6 +52,11 @@ pub struct Applied {
     pub records: u64,
     /// The buckets those changes fell in: a digest checked before them is stale there.
     pub buckets: BTreeSet<Bucket>,
+    /// Reads of the source's log, and the time they took; the time the target's imports took
+    /// (a slow fenced drain says which side held it).
+    pub passes: u32,
+    pub reading: Duration,
+    pub importing: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -214,11 +219,14 @@ impl Mover {
     /// added to `applied` (but for the position). Returns the changes carried and the next
     /// position.
     async fn pass(&self, applied: &mut Applied) -> Result<(usize, Lsn), MoveError> {
+        let read = Instant::now();
         let (changes, next) = self
             .source
             .changes(&self.scope, applied.position, CHUNK, Duration::ZERO)
             .await
             .map_err(MoveError::Source)?;
+        applied.passes += 1;
+        applied.reading += read.elapsed();
         let records: Vec<_> = changes.into_iter().filter_map(|c| c.current).collect();
         if !records.is_empty() {
             applied.buckets.extend(
@@ -226,7 +234,9 @@ impl Mover {
                     .iter()
                     .map(|r| self.buckets.bucket_of(&r.address.collection.user)),
             );
+            let import = Instant::now();
             applied.records += self.import(&self.scope, &records).await?.0.applied;
+            applied.importing += import.elapsed();
         }
         Ok((records.len(), next))
     }

@@ -427,6 +427,11 @@ async fn cut_over(wave: &mut Wave, mover: &Mover, control: &impl Control) -> Res
     let fenced_ms = started.elapsed().as_secs_f64() * 1000.0;
     let applied = mover.drain_to(wave.position, fence_lsn).await?;
     let drained_records = applied.records;
+    let (drain_passes, drain_read_ms, drain_import_ms) = (
+        applied.passes,
+        applied.reading.as_secs_f64() * 1000.0,
+        applied.importing.as_secs_f64() * 1000.0,
+    );
     wave.absorb(applied);
     let drain_ms = started.elapsed().as_secs_f64() * 1000.0;
     // Nothing can write to the range now: whatever digest differs is a real difference. The
@@ -467,7 +472,8 @@ async fn cut_over(wave: &mut Wave, mover: &Mover, control: &impl Control) -> Res
         tracing::info!(
             service = %spec.service, market = %spec.market, buckets = %spec.buckets,
             total_ms = wave.write_unavailable_ms, fence_ms = fenced_ms,
-            drain_ms = drain_ms - fenced_ms, drained_records, checked_buckets = check.len(), fenced_repairs,
+            drain_ms = drain_ms - fenced_ms, drained_records, drain_passes, drain_read_ms,
+            drain_import_ms, checked_buckets = check.len(), fenced_repairs,
             drain_and_check_ms = drained_ms - fenced_ms,
             commit_ms = wave.write_unavailable_ms - drained_ms,
             "slow cutover"
