@@ -12,7 +12,8 @@ use domicile_migrate::Mover;
 use domicile_pg_cluster::PgCluster;
 use domicile_region::BoundNode;
 use domicile_store::{
-    EmbeddedOptions, EmbeddedStore, PostgresOptions, PostgresSpec, PostgresStore, RegionStore,
+    DataKeys, EmbeddedOptions, EmbeddedStore, EncryptedStore, KeyringFile, PostgresOptions,
+    PostgresSpec, PostgresStore, RegionStore,
 };
 use domicile_wire::api::ScopeRequest;
 use serde::Serialize;
@@ -114,6 +115,13 @@ pub struct CopyBenchReport {
     pub mb_per_s: f64,
     pub raw_import_records_per_s: f64,
     pub copy_vs_raw_import: f64,
+    /// Embedded target with sealing nodes: the same records imported straight into a sealing
+    /// store (the engine under `EncryptedStore`, a fresh keyring), no network or framing. It
+    /// splits the gap to the raw rate into what sealing costs and what the move costs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sealed_import_records_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy_vs_sealed_import: Option<f64>,
     /// PostgreSQL to PostgreSQL only: the same rows through `pg_dump -Fc | pg_restore`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pg_dump_restore_records_per_s: Option<f64>,
@@ -399,17 +407,24 @@ pub async fn run_copy_bench(
             .await?,
         ),
     };
-    let mut elapsed = Duration::ZERO;
-    let mut start_at = 0;
-    while start_at < records {
-        let len = BATCH.min(records - start_at);
-        let batch = order.batch(start_at, len)?;
-        let t = Instant::now();
-        raw.import(batch).await?;
-        elapsed += t.elapsed();
-        start_at += len;
-    }
+    let elapsed = timed_import(raw.as_ref(), &order, records).await?;
     drop(raw);
+    let sealed_rate = match (&target_store.postgres, encrypted) {
+        (None, true) => {
+            let dir = dir.join("sealed-import");
+            let engine: Arc<dyn RegionStore> = Arc::new(EmbeddedStore::open(
+                &dir.join("engine"),
+                EmbeddedOptions::default(),
+            )?);
+            let ring = KeyringFile::open_or_create(&dir.join("keyring.json"), "ap-mumbai")
+                .map_err(domicile_store::StoreError::from)?;
+            let keys = Arc::new(DataKeys::new("ap-mumbai", Arc::new(ring), engine.clone()));
+            let sealed = EncryptedStore::new(engine, keys);
+            let elapsed = timed_import(&sealed, &order, records).await?;
+            Some(records as f64 / elapsed.as_secs_f64())
+        }
+        _ => None,
+    };
     if let Some(spec) = &target_store.postgres {
         let admin = crate::store_postgres::connect(spec).await?;
         for schema in ["domicile_bench_raw_import", "cn_beijing", "ap_mumbai"] {
@@ -440,6 +455,8 @@ pub async fn run_copy_bench(
         mb_per_s: (copied.bytes as f64 / (1 << 20) as f64 / copied.seconds * 10.0).round() / 10.0,
         raw_import_records_per_s: raw_rate.round(),
         copy_vs_raw_import: (rate / raw_rate * 100.0).round() / 100.0,
+        sealed_import_records_per_s: sealed_rate.map(f64::round),
+        copy_vs_sealed_import: sealed_rate.map(|s| (rate / s * 100.0).round() / 100.0),
         pg_dump_restore_records_per_s: dump_rate.map(f64::round),
         ratio: dump_rate.map(|d| (rate / d * 100.0).round() / 100.0),
         verified,
@@ -448,6 +465,25 @@ pub async fn run_copy_bench(
         peak_rss_mib_target_node: peak_target,
         machine: Machine::current(),
     })
+}
+
+/// Imports the benchmark's `records` into `store` in its batches; the time spent importing.
+async fn timed_import(
+    store: &dyn RegionStore,
+    order: &ImportOrder,
+    records: u64,
+) -> Result<Duration, BenchError> {
+    let mut elapsed = Duration::ZERO;
+    let mut start_at = 0;
+    while start_at < records {
+        let len = BATCH.min(records - start_at);
+        let batch = order.batch(start_at, len)?;
+        let t = Instant::now();
+        store.import(batch).await?;
+        elapsed += t.elapsed();
+        start_at += len;
+    }
+    Ok(elapsed)
 }
 
 /// Moves the source region's records table to a fresh database on the target's server with
