@@ -528,6 +528,42 @@ pub async fn purge_removes_a_scope_larger_than_a_turn(open: Open) {
     assert_eq!(store.purge(&scope).await.unwrap(), 0);
 }
 
+/// Many copy-sized imports at once, and small writes beside them (several copies into one
+/// region while its clients write): every one lands, whatever an engine queues or gates.
+pub async fn concurrent_bulk_imports_and_writes_all_land(open: Open) {
+    let (_dir, store) = fresh(open).await;
+    let imports = (0..6u64).map(|i| {
+        let store = store.clone();
+        let records: Vec<VersionedRecord> = (0..1_500u64)
+            .map(|k| VersionedRecord {
+                address: order(&format!("bulk{i}"), &format!("k{k:05}")),
+                version: Version(1 + k),
+                value: Some(Bytes::from(format!("v{i}:{k}"))),
+            })
+            .collect();
+        async move { store.import(records).await.unwrap().applied }
+    });
+    let writes = (0..20u64).map(|w| {
+        let store = store.clone();
+        async move {
+            store
+                .write(vec![put(&order("small", &format!("w{w:02}")), "x")])
+                .await
+                .unwrap()
+                .len() as u64
+        }
+    });
+    let (applied, written) = futures::future::join(
+        futures::future::join_all(imports),
+        futures::future::join_all(writes),
+    )
+    .await;
+    assert_eq!(applied, vec![1_500; 6]);
+    assert_eq!(written.iter().sum::<u64>(), 20);
+    let (_, records) = snapshot_all(store.as_ref(), &whole("ecommerce", "IN")).await;
+    assert_eq!(records.len(), 6 * 1_500 + 20);
+}
+
 /// Trimming a log longer than one delete chunk of an engine removes exactly the entries up to
 /// the LSN.
 pub async fn trim_removes_a_log_longer_than_a_chunk(open: Open) {

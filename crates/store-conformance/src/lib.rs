@@ -58,6 +58,7 @@ macro_rules! suite {
             check!(digests_are_equal_after_a_copy);
             check!(purge_removes_exactly_the_scope);
             check!(purge_removes_a_scope_larger_than_a_turn);
+            check!(concurrent_bulk_imports_and_writes_all_land);
             check!(purge_user_removes_exactly_one_user);
             check!(writes_survive_a_reopen);
             check!(trimmed_change_log_keeps_its_lsns);
