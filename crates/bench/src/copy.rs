@@ -12,8 +12,8 @@ use domicile_migrate::Mover;
 use domicile_pg_cluster::PgCluster;
 use domicile_region::BoundNode;
 use domicile_store::{
-    DataKeys, EmbeddedOptions, EmbeddedStore, EncryptedStore, KeyringFile, PostgresOptions,
-    PostgresSpec, PostgresStore, RegionStore,
+    EmbeddedOptions, EmbeddedStore, EncryptedStore, PostgresOptions, PostgresSpec, PostgresStore,
+    RegionStore,
 };
 use domicile_wire::api::ScopeRequest;
 use serde::Serialize;
@@ -416,10 +416,8 @@ pub async fn run_copy_bench(
                 &dir.join("engine"),
                 EmbeddedOptions::default(),
             )?);
-            let ring = KeyringFile::open_or_create(&dir.join("keyring.json"), "ap-mumbai")
-                .map_err(domicile_store::StoreError::from)?;
-            let keys = Arc::new(DataKeys::new("ap-mumbai", Arc::new(ring), engine.clone()));
-            let sealed = EncryptedStore::new(engine, keys);
+            let sealed =
+                EncryptedStore::with_keyring_file(engine, &dir.join("keyring.json"), "ap-mumbai")?;
             let elapsed = timed_import(&sealed, &order, records).await?;
             Some(records as f64 / elapsed.as_secs_f64())
         }

@@ -8,9 +8,7 @@ use crate::machine::Machine;
 use crate::store::{
     BenchError, ImportOrder, StoreBenchOptions, fresh_dir, import_scan_read, store_durable_writes,
 };
-use domicile_store::{
-    DataKeys, EmbeddedOptions, EmbeddedStore, EncryptedStore, KeyringFile, RegionStore,
-};
+use domicile_store::{EmbeddedOptions, EmbeddedStore, EncryptedStore, RegionStore};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -48,11 +46,11 @@ async fn store_figures(o: &StoreBenchOptions, encrypted: bool) -> Result<StoreFi
         |dir: &std::path::Path| -> Result<(EmbeddedStore, Arc<dyn RegionStore>), BenchError> {
             let engine = EmbeddedStore::open(&dir.join("engine"), EmbeddedOptions::default())?;
             let store: Arc<dyn RegionStore> = if encrypted {
-                let ring = KeyringFile::open_or_create(&dir.join("keyring.json"), "ap-mumbai")
-                    .map_err(domicile_store::StoreError::from)?;
-                let shared: Arc<dyn RegionStore> = Arc::new(engine.clone());
-                let keys = Arc::new(DataKeys::new("ap-mumbai", Arc::new(ring), shared.clone()));
-                Arc::new(EncryptedStore::new(shared, keys))
+                Arc::new(EncryptedStore::with_keyring_file(
+                    Arc::new(engine.clone()),
+                    &dir.join("keyring.json"),
+                    "ap-mumbai",
+                )?)
             } else {
                 Arc::new(engine.clone())
             };

@@ -29,8 +29,7 @@ use axum::routing::{get, post, put};
 use domicile_core::{ClusterConfig, RegionId};
 pub use domicile_http::ApiError;
 use domicile_store::{
-    BlobError, BlobStore, DataKeys, EncryptedStore, KeyringFile, RegionStore, StoreError,
-    StoreSpec, open_store,
+    BlobError, BlobStore, EncryptedStore, RegionStore, StoreError, StoreSpec, open_store,
 };
 pub use state::NodeState;
 use std::future::Future;
@@ -87,15 +86,13 @@ pub async fn open_sealed(
     blobs: BlobStore,
     keyring: &Path,
 ) -> Result<NodeState, NodeError> {
-    let keyring =
-        KeyringFile::open_or_create(keyring, region.as_str()).map_err(StoreError::from)?;
-    let keys = Arc::new(DataKeys::new(
+    let store = Arc::new(EncryptedStore::with_keyring_file(
+        engine,
+        keyring,
         region.as_str(),
-        Arc::new(keyring),
-        engine.clone(),
-    ));
+    )?);
+    let keys = store.keys().clone();
     let blobs = blobs.with_encryption(keys.clone());
-    let store = Arc::new(EncryptedStore::new(engine, keys.clone()));
     Ok(NodeState::new(cluster, region.clone(), store, blobs)
         .await?
         .with_data_keys(keys))

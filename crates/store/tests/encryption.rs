@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use domicile_core::{BucketCount, Scope, UserId};
 use domicile_store::{
-    BlobStore, DataKeys, EmbeddedOptions, EmbeddedStore, EncryptedStore, KeyringFile, RegionStore,
+    BlobStore, EmbeddedOptions, EmbeddedStore, EncryptedStore, KeyringFile, RegionStore,
     StoreError, VersionedRecord,
 };
 use domicile_store_conformance::fixtures::{collection, order, put, service, whole};
@@ -22,9 +22,9 @@ fn open_sealed(
         EmbeddedStore::open(&dir.join("engine"), EmbeddedOptions::default())
             .expect("open the embedded store"),
     );
-    let ring = KeyringFile::open_or_create(keyring, region).expect("keyring");
-    let keys = Arc::new(DataKeys::new(region, Arc::new(ring), engine.clone()));
-    (engine.clone(), Arc::new(EncryptedStore::new(engine, keys)))
+    let sealed =
+        EncryptedStore::with_keyring_file(engine.clone(), keyring, region).expect("keyring");
+    (engine, Arc::new(sealed))
 }
 
 mod encrypted_conformance {

@@ -32,6 +32,18 @@ impl EncryptedStore {
         Self { inner, keys }
     }
 
+    /// `inner` sealed under `region`'s keyring file at `keyring` (made if missing), its data
+    /// keys kept in `inner`'s metadata: how a region node seals its store.
+    pub fn with_keyring_file(
+        inner: Arc<dyn RegionStore>,
+        keyring: &std::path::Path,
+        region: &str,
+    ) -> Result<Self, StoreError> {
+        let ring = super::KeyringFile::open_or_create(keyring, region)?;
+        let keys = Arc::new(DataKeys::new(region, Arc::new(ring), inner.clone()));
+        Ok(Self::new(inner, keys))
+    }
+
     pub fn keys(&self) -> &Arc<DataKeys> {
         &self.keys
     }
