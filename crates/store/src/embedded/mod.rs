@@ -78,18 +78,9 @@ pub(crate) struct Inner {
     /// `None` only while dropping.
     tx: Option<mpsc::Sender<Request>>,
     writer: Option<std::thread::JoinHandle<()>>,
-    /// Turns for bulk imports in the writer's queue (see [`BULK_IMPORTS_QUEUED`]).
+    /// Turns for bulk imports in the writer's queue.
     bulk_imports: tokio::sync::Semaphore,
 }
-
-/// An import at least this large is bulk: a copy's chunk, not a drain's last changes.
-const BULK_IMPORT_RECORDS: usize = 1024;
-/// Bulk imports in the writer's queue at once; the rest wait their turn (in arrival order)
-/// before it. The writer takes its queue in order, so every chunk queued is a commit that a
-/// small write behind it waits for: with seven copies into one region, a cutover's fenced
-/// drain of a few records waited 1.2 s behind their chunks (`demo --users 1000000`). Two keep
-/// a copy's own pipeline (one chunk staged while the other commits).
-const BULK_IMPORTS_QUEUED: usize = 2;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -170,7 +161,7 @@ impl EmbeddedStore {
             lsn_rx,
             tx: Some(tx),
             writer: Some(writer),
-            bulk_imports: tokio::sync::Semaphore::new(BULK_IMPORTS_QUEUED),
+            bulk_imports: crate::queue::bulk_import_turns(),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -199,6 +190,7 @@ impl EmbeddedStore {
         Submit {
             tx: self.inner.tx.as_ref(),
             poisoned: &self.inner.shared.poisoned,
+            bulk_imports: &self.inner.bulk_imports,
         }
     }
 
@@ -240,17 +232,6 @@ impl RegionStore for EmbeddedStore {
     }
 
     async fn import(&self, records: Vec<VersionedRecord>) -> Result<ImportOutcome, StoreError> {
-        let _turn = if records.len() >= BULK_IMPORT_RECORDS {
-            Some(
-                self.inner
-                    .bulk_imports
-                    .acquire()
-                    .await
-                    .map_err(|_| StoreError::Engine("the store is closing".into()))?,
-            )
-        } else {
-            None
-        };
         self.submit().import(records).await
     }
 

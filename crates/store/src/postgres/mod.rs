@@ -199,6 +199,8 @@ pub(crate) struct Inner {
     shared: Arc<Shared>,
     lsn_rx: watch::Receiver<Lsn>,
     tx: mpsc::Sender<crate::queue::Request>,
+    /// Turns for bulk imports in the writer's queue.
+    bulk_imports: tokio::sync::Semaphore,
     schema: String,
 }
 
@@ -301,6 +303,7 @@ impl PostgresStore {
                 shared,
                 lsn_rx,
                 tx,
+                bulk_imports: crate::queue::bulk_import_turns(),
                 schema,
             }),
         })
@@ -324,6 +327,7 @@ impl PostgresStore {
         Submit {
             tx: Some(&self.inner.tx),
             poisoned: &self.inner.shared.poisoned,
+            bulk_imports: &self.inner.bulk_imports,
         }
     }
 
