@@ -444,10 +444,8 @@ async fn consent_records_move_with_their_services_data() {
         .await;
     let (_, records, _) = domicile_wire::frame::decode_all(&snap.body).unwrap();
     let imported = target
-        .send(
-            Method::POST,
-            "/internal/import?service=cloud&market=MY",
-            &[],
+        .import(
+            "service=cloud&market=MY",
             crate::internal_api::import_body(&records),
         )
         .await;

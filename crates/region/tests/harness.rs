@@ -114,6 +114,12 @@ impl Node {
             .await
     }
 
+    /// `POST /internal/import?{query}` with `body` (an import stream).
+    pub async fn import(&self, query: &str, body: impl Into<Body>) -> Reply {
+        let uri = format!("/internal/import?{query}");
+        self.send(Method::POST, &uri, &[], body).await
+    }
+
     pub fn lsn(&self) -> u64 {
         self.state.store.last_lsn().0
     }

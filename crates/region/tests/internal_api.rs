@@ -71,12 +71,7 @@ async fn a_scope_moves_by_snapshot_changes_and_import_with_equal_digests() {
         .await;
 
     let imported = target
-        .send(
-            Method::POST,
-            "/internal/import?service=ecommerce&market=HK",
-            &[],
-            import_body(&records),
-        )
+        .import("service=ecommerce&market=HK", import_body(&records))
         .await;
     assert_eq!(imported.status, StatusCode::OK, "{:?}", imported.body);
     assert_eq!(imported.json()["applied"], 60);
@@ -101,22 +96,12 @@ async fn a_scope_moves_by_snapshot_changes_and_import_with_equal_digests() {
         .collect();
     assert_eq!(current.len(), 2, "the put and the tombstone");
     let imported = target
-        .send(
-            Method::POST,
-            "/internal/import?service=ecommerce&market=HK",
-            &[],
-            import_body(&current),
-        )
+        .import("service=ecommerce&market=HK", import_body(&current))
         .await;
     assert_eq!(imported.json()["applied"], 2);
     // Replaying the snapshot again is a no-op: imports are idempotent.
     let again = target
-        .send(
-            Method::POST,
-            "/internal/import?service=ecommerce&market=HK",
-            &[],
-            import_body(&records),
-        )
+        .import("service=ecommerce&market=HK", import_body(&records))
         .await;
     assert_eq!(
         (
@@ -220,45 +205,21 @@ async fn imports_the_policy_forbids_or_that_are_malformed_write_nothing() {
     let (_, records, _) = frame::decode_all(&snap.body).unwrap();
     let body = import_body(&records);
     let forbidden = target
-        .send(
-            Method::POST,
-            "/internal/import?service=account&market=CN",
-            &[],
-            body.clone(),
-        )
+        .import("service=account&market=CN", body.clone())
         .await;
     forbidden.assert_error(StatusCode::FORBIDDEN, "residency_violation");
     // Claiming another market in the query does not smuggle CN records in.
     let mismatch = target
-        .send(
-            Method::POST,
-            "/internal/import?service=account&market=HK",
-            &[],
-            body.clone(),
-        )
+        .import("service=account&market=HK", body.clone())
         .await;
     mismatch.assert_error(StatusCode::BAD_REQUEST, "scope_mismatch");
     let truncated = target
-        .send(
-            Method::POST,
-            "/internal/import?service=account&market=HK",
-            &[],
-            body[..body.len() - 3].to_vec(),
-        )
+        .import("service=account&market=HK", body[..body.len() - 3].to_vec())
         .await;
     truncated.assert_error(StatusCode::BAD_REQUEST, "malformed_stream");
-    let garbage = target
-        .send(
-            Method::POST,
-            "/internal/import?service=account&market=HK",
-            &[],
-            "hello",
-        )
-        .await;
+    let garbage = target.import("service=account&market=HK", "hello").await;
     garbage.assert_error(StatusCode::BAD_REQUEST, "malformed_stream");
-    let missing = target
-        .send(Method::POST, "/internal/import?service=account", &[], body)
-        .await;
+    let missing = target.import("service=account", body).await;
     missing.assert_error(StatusCode::BAD_REQUEST, "invalid_query");
     assert_eq!(target.lsn(), 0);
 }
@@ -283,23 +244,13 @@ async fn an_import_with_a_record_in_the_wrong_bucket_writes_nothing() {
         let bucket = &mut r.address.collection.bucket;
         bucket.0 = (bucket.0 + 1) % 1024;
         let refused = target
-            .send(
-                Method::POST,
-                "/internal/import?service=ecommerce&market=HK",
-                &[],
-                import_body(&frames),
-            )
+            .import("service=ecommerce&market=HK", import_body(&frames))
             .await;
         refused.assert_error(StatusCode::BAD_REQUEST, "scope_mismatch");
     }
     assert_eq!(target.lsn(), 0, "a refused import writes nothing");
     let accepted = target
-        .send(
-            Method::POST,
-            "/internal/import?service=ecommerce&market=HK",
-            &[],
-            import_body(&frames),
-        )
+        .import("service=ecommerce&market=HK", import_body(&frames))
         .await;
     assert_eq!(accepted.status, StatusCode::OK);
 }
