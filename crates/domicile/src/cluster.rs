@@ -43,8 +43,12 @@ pub struct Cluster {
     /// A tool inside the cluster: presents the `client` certificate (reaches region nodes).
     pub member: ClientTransport,
     control: Arc<ControlState>,
+    /// Stops the gateway and the region nodes.
     stop: watch::Sender<bool>,
     tasks: JoinSet<Result<()>>,
+    /// Stops the control plane's server, once the servers that watch it are down.
+    stop_control: watch::Sender<bool>,
+    control_served: tokio::task::JoinHandle<Result<()>>,
 }
 
 /// Reads a secret file, or creates it (0600) with `make()`.
@@ -94,6 +98,7 @@ impl Cluster {
         let ca_file = tls_dir.join(domicile_tls::certs::CA_CERT);
         let outside = domicile_tls::trust_ca(&ca_file)?;
         let (stop, _) = watch::channel(false);
+        let (stop_control, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
         // Region nodes first: their bound addresses go into the routing table.
@@ -123,10 +128,10 @@ impl Cluster {
         );
         let (listener, control_addr) = domicile_control::bind("127.0.0.1:0").await?;
         let control_url = format!("https://{control_addr}");
-        let rx = stop.subscribe();
+        let rx = stop_control.subscribe();
         let served = control.clone();
         let transport = control_tls.server.clone();
-        tasks.spawn(async move {
+        let control_served = tokio::spawn(async move {
             domicile_control::serve(listener, served, &transport, stopped(rx))
                 .await
                 .context("control plane")
@@ -191,16 +196,21 @@ impl Cluster {
             control,
             stop,
             tasks,
+            stop_control,
+            control_served,
         })
     }
 
     /// Stops every server (in-flight requests finish) and waits for them.
+    /// The control plane goes last: the gateway and the region nodes watch its routing table
+    /// until they stop, and would otherwise report it unreachable on the way down.
     pub async fn shutdown(mut self) -> Result<()> {
         self.control.close();
         self.stop.send_replace(true);
         while let Some(done) = self.tasks.join_next().await {
             done??;
         }
-        Ok(())
+        self.stop_control.send_replace(true);
+        self.control_served.await?
     }
 }
