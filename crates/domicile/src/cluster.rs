@@ -204,13 +204,25 @@ impl Cluster {
     /// Stops every server (in-flight requests finish) and waits for them.
     /// The control plane goes last: the gateway and the region nodes watch its routing table
     /// until they stop, and would otherwise report it unreachable on the way down.
+    /// The first failure is the answer, and the control plane stops all the same.
     pub async fn shutdown(mut self) -> Result<()> {
         self.control.close();
         self.stop.send_replace(true);
+        let mut failed = None;
         while let Some(done) = self.tasks.join_next().await {
-            done??;
+            if let Err(e) = done.map_err(anyhow::Error::from).and_then(|served| served) {
+                failed.get_or_insert(e);
+            }
         }
         self.stop_control.send_replace(true);
-        self.control_served.await?
+        let control = self
+            .control_served
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|served| served);
+        match failed {
+            Some(e) => Err(e),
+            None => control,
+        }
     }
 }
