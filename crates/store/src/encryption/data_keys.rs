@@ -52,6 +52,15 @@ impl DataKeyId {
         }
     }
 
+    /// Whether `c` is this owner's data: what [`DataKeyId::of`] would give for `c`, without
+    /// building and hashing an id.
+    pub fn owns(&self, c: &CollectionAddress) -> bool {
+        self.user == c.user
+            && self.bucket == c.bucket
+            && self.market == c.market
+            && self.service == c.service
+    }
+
     /// Its metadata name; ordered by service, market, bucket, so a scope's keys are one range.
     fn name(&self) -> String {
         format!(
@@ -278,5 +287,38 @@ impl DataKeys {
         }
         self.destroy_all(&doomed).await?;
         Ok(doomed.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domicile_core::{BucketCount, CollectionName};
+
+    fn address(service: &str, market: &str, user: &str, collection: &str) -> CollectionAddress {
+        CollectionAddress::new(
+            ServiceName::new(service).unwrap(),
+            Market::new(market).unwrap(),
+            UserId::new(user).unwrap(),
+            CollectionName::new(collection).unwrap(),
+            BucketCount::DEFAULT,
+        )
+    }
+
+    #[test]
+    fn an_id_owns_exactly_the_addresses_it_is_made_of() {
+        let id = DataKeyId::of(&address("cloud", "MY", "u1", "notes"));
+        assert!(
+            id.owns(&address("cloud", "MY", "u1", "photos")),
+            "any collection"
+        );
+        for other in [
+            address("cloud", "MY", "u2", "notes"),
+            address("cloud", "SG", "u1", "notes"),
+            address("account", "MY", "u1", "profile"),
+        ] {
+            assert!(!id.owns(&other));
+            assert_ne!(DataKeyId::of(&other), id);
+        }
     }
 }

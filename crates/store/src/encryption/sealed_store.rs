@@ -59,15 +59,18 @@ async fn keys_of<'a>(
 ) -> Result<BatchKeys, StoreError> {
     let mut distinct: Vec<&CollectionAddress> = Vec::new();
     let mut seen = HashSet::new();
+    let mut last: Option<DataKeyId> = None;
     for owner in owners {
         // Batches come grouped by owner (snapshots run in user order): a repeat of the last
         // owner needs no id built and hashed.
-        if distinct.last().is_some_and(|last| same_owner(last, owner)) {
+        if last.as_ref().is_some_and(|id| id.owns(owner)) {
             continue;
         }
-        if seen.insert(DataKeyId::of(owner)) {
+        let id = DataKeyId::of(owner);
+        if seen.insert(id.clone()) {
             distinct.push(owner);
         }
+        last = Some(id);
     }
     let fetched = futures::future::try_join_all(distinct.iter().map(|owner| async move {
         let key = if write {
@@ -84,30 +87,26 @@ async fn keys_of<'a>(
     })
 }
 
-/// Whether `a` and `b` belong to one data key's owner (one user's data in one service).
-fn same_owner(a: &CollectionAddress, b: &CollectionAddress) -> bool {
-    a.user == b.user && a.bucket == b.bucket && a.market == b.market && a.service == b.service
-}
-
 /// A batch's data keys by owner, remembering the last one asked for.
 struct BatchKeys {
     keys: HashMap<DataKeyId, Arc<RandomizedNonceKey>>,
-    last: Option<(CollectionAddress, Arc<RandomizedNonceKey>)>,
+    last: Option<(DataKeyId, Arc<RandomizedNonceKey>)>,
 }
 
 impl BatchKeys {
     fn key_of(&mut self, owner: &CollectionAddress) -> Result<Arc<RandomizedNonceKey>, StoreError> {
-        if let Some((last, key)) = &self.last
-            && same_owner(last, owner)
+        if let Some((id, key)) = &self.last
+            && id.owns(owner)
         {
             return Ok(key.clone());
         }
+        let id = DataKeyId::of(owner);
         let key = self
             .keys
-            .get(&DataKeyId::of(owner))
+            .get(&id)
             .cloned()
             .ok_or_else(|| StoreError::Corrupt("a batch's data key went missing".into()))?;
-        self.last = Some((owner.clone(), key.clone()));
+        self.last = Some((id, key.clone()));
         Ok(key)
     }
 }
