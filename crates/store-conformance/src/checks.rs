@@ -749,6 +749,59 @@ pub async fn trimmed_change_log_keeps_its_lsns(open: Open) {
     assert_eq!(store.last_lsn(), Lsn(11));
 }
 
+/// Metadata carried by a write or an import lands in the same commit, and only if it applies:
+/// what lets a new data key and the first values it seals be one durable write.
+pub async fn meta_lands_with_its_batch_or_not_at_all(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (order("ivan", "o-1"), order("ivan", "o-2"));
+    let meta = |name: &str| vec![(name.to_string(), Bytes::from(format!("key of {name}")))];
+    {
+        let store = open(dir.path()).await;
+        let mut refused = put(&b, "b");
+        refused.precondition = Precondition::Exists;
+        assert!(
+            store
+                .write_with_meta(vec![put(&a, "a"), refused], meta("dek/refused"))
+                .await
+                .is_err()
+        );
+        assert_eq!(store.load_meta("dek/refused").await.unwrap(), None);
+        store
+            .write_with_meta(vec![put(&a, "a")], meta("dek/written"))
+            .await
+            .unwrap();
+        let imported = VersionedRecord {
+            address: b.clone(),
+            version: Version(7),
+            value: Some(Bytes::from("b")),
+        };
+        let outcome = store
+            .import_with_meta(vec![imported.clone()], meta("dek/imported"))
+            .await
+            .unwrap();
+        assert_eq!(outcome.applied, 1);
+        // An import whose records are all older still stores its metadata: the key is needed
+        // by whatever it would have sealed, and storing it twice is harmless.
+        store
+            .import_with_meta(vec![imported], meta("dek/skipped"))
+            .await
+            .unwrap();
+    }
+    let store = open(dir.path()).await;
+    for name in ["dek/written", "dek/imported", "dek/skipped"] {
+        assert_eq!(
+            store.load_meta(name).await.unwrap(),
+            Some(Bytes::from(format!("key of {name}"))),
+            "{name} survives a reopen"
+        );
+    }
+    assert_eq!(store.load_meta("dek/refused").await.unwrap(), None);
+    assert_eq!(
+        store.get(&b).await.unwrap().map(|r| r.value),
+        Some(Bytes::from("b"))
+    );
+}
+
 pub async fn meta_round_trips(open: Open) {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -63,6 +63,7 @@ macro_rules! suite {
             check!(writes_survive_a_reopen);
             check!(trimmed_change_log_keeps_its_lsns);
             check!(trim_removes_a_log_longer_than_a_chunk);
+            check!(meta_lands_with_its_batch_or_not_at_all);
             check!(meta_round_trips);
             check!(meta_lists_by_prefix_and_deletes);
 

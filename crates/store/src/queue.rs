@@ -4,6 +4,7 @@
 
 use crate::error::StoreError;
 use crate::record::{ImportOutcome, Lsn, Mutation, MutationOp, Precondition, VersionedRecord};
+use crate::store::MetaPuts;
 use bytes::Bytes;
 use domicile_core::{BucketCount, Hlc, Market, Scope, ServiceName, UserId, Version};
 use std::collections::HashMap;
@@ -52,10 +53,12 @@ pub(crate) enum Request {
 pub(crate) enum Grouped {
     Write {
         batch: Vec<Mutation>,
+        meta: MetaPuts,
         reply: Reply<Vec<Version>>,
     },
     Import {
         records: Vec<VersionedRecord>,
+        meta: MetaPuts,
         reply: Reply<ImportOutcome>,
     },
     /// Stores (`Some`) or deletes (`None`) a metadata value.
@@ -235,16 +238,24 @@ impl Submit<'_> {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    pub async fn write(&self, batch: Vec<Mutation>) -> Result<Vec<Version>, StoreError> {
+    pub async fn write(
+        &self,
+        batch: Vec<Mutation>,
+        meta: MetaPuts,
+    ) -> Result<Vec<Version>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        self.send(|reply| Request::Grouped(Grouped::Write { batch, reply }))
+        self.send(|reply| Request::Grouped(Grouped::Write { batch, meta, reply }))
             .await
     }
 
     /// Imports `records`; a bulk import first waits for its turn in the queue.
-    pub async fn import(&self, records: Vec<VersionedRecord>) -> Result<ImportOutcome, StoreError> {
+    pub async fn import(
+        &self,
+        records: Vec<VersionedRecord>,
+        meta: MetaPuts,
+    ) -> Result<ImportOutcome, StoreError> {
         if records.is_empty() {
             return Ok(ImportOutcome::default());
         }
@@ -258,8 +269,14 @@ impl Submit<'_> {
         } else {
             None
         };
-        self.send(|reply| Request::Grouped(Grouped::Import { records, reply }))
-            .await
+        self.send(|reply| {
+            Request::Grouped(Grouped::Import {
+                records,
+                meta,
+                reply,
+            })
+        })
+        .await
     }
 
     pub async fn store_meta(&self, name: &str, value: Option<Bytes>) -> Result<(), StoreError> {
@@ -400,7 +417,7 @@ mod tests {
                     poisoned: &poisoned,
                     bulk_imports: &turns,
                 };
-                submit.import(records(n)).await
+                submit.import(records(n), Vec::new()).await
             })
         };
         // Spawned in this order on a single-threaded runtime, so polled in this order: the

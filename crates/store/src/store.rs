@@ -12,6 +12,10 @@ use domicile_core::{BucketCount, Market, RecordKey, Scope, ServiceName, UserId, 
 use futures::stream::BoxStream;
 use std::time::Duration;
 
+/// Metadata values (name, value) stored in the same atomic commit as a write or an import, and
+/// only if it applies: a new data key lands with the first values it seals, in one commit.
+pub type MetaPuts = Vec<(String, Bytes)>;
+
 /// A consistent snapshot of a scope: every record (tombstones included) as of `lsn`, streamed
 /// in key order in chunks. Changes after `lsn` come from [`RegionStore::changes`].
 pub struct SnapshotScan {
@@ -29,7 +33,17 @@ pub trait RegionStore: Send + Sync + 'static {
     /// Applies a batch of client mutations atomically, assigning each a new version from the
     /// store's hybrid logical clock. Returns the versions in batch order. A failed precondition or
     /// a delete of a missing record fails the whole batch and writes nothing.
-    async fn write(&self, batch: Vec<Mutation>) -> Result<Vec<Version>, StoreError>;
+    async fn write(&self, batch: Vec<Mutation>) -> Result<Vec<Version>, StoreError> {
+        self.write_with_meta(batch, MetaPuts::new()).await
+    }
+
+    /// [`RegionStore::write`], storing `meta` in the same commit if (and only if) the batch
+    /// applies.
+    async fn write_with_meta(
+        &self,
+        batch: Vec<Mutation>,
+        meta: MetaPuts,
+    ) -> Result<Vec<Version>, StoreError>;
 
     /// The live record at `address`, if any.
     async fn get(&self, address: &RecordAddress) -> Result<Option<Record>, StoreError>;
@@ -45,7 +59,16 @@ pub trait RegionStore: Send + Sync + 'static {
     /// Imports versioned records: each is applied only if its version is higher than the stored
     /// one (tombstones included); an equal or lower version is a no-op. Replaying any set of
     /// imports in any order converges to the same state.
-    async fn import(&self, records: Vec<VersionedRecord>) -> Result<ImportOutcome, StoreError>;
+    async fn import(&self, records: Vec<VersionedRecord>) -> Result<ImportOutcome, StoreError> {
+        self.import_with_meta(records, MetaPuts::new()).await
+    }
+
+    /// [`RegionStore::import`], storing `meta` in the same commit.
+    async fn import_with_meta(
+        &self,
+        records: Vec<VersionedRecord>,
+        meta: MetaPuts,
+    ) -> Result<ImportOutcome, StoreError>;
 
     /// A consistent snapshot of `scope` with the LSN it is consistent at.
     async fn snapshot(&self, scope: &Scope) -> Result<SnapshotScan, StoreError>;

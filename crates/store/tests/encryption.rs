@@ -292,3 +292,68 @@ async fn destroying_a_scope_destroys_exactly_the_keys_of_its_bucket_ranges() {
     // Destroying again finds nothing.
     assert_eq!(store.keys().destroy_scope(&scope).await.unwrap(), 0);
 }
+
+/// A new owner's data key is stored in the commit of the first batch that seals with it: a
+/// refused batch leaves no key behind, concurrent first writes share one key, and everything
+/// opens again after a reopen (with a cold key cache).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owners_key_lands_with_its_first_values_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyring = dir.path().join("keyring.json");
+    let keys_of = |engine: Arc<dyn RegionStore>, user: &'static str| async move {
+        engine
+            .list_meta("dek/", None, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(name, _)| name.ends_with(&format!("/{user}")))
+            .count()
+    };
+    {
+        let (engine, store) = open_sealed(dir.path(), &keyring, "us-west");
+        let mut refused = put(&order("first", "o-2"), "never");
+        refused.precondition = domicile_store::Precondition::Exists;
+        assert!(
+            store
+                .write(vec![put(&order("first", "o-1"), "never"), refused])
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            keys_of(engine.clone(), "first").await,
+            0,
+            "no key without values"
+        );
+        let writes = (0..16).map(|i| {
+            let store = store.clone();
+            async move {
+                store
+                    .write(vec![put(
+                        &order("first", &format!("o-{i}")),
+                        &format!("v{i}"),
+                    )])
+                    .await
+            }
+        });
+        for written in futures::future::join_all(writes).await {
+            written.unwrap();
+        }
+        assert_eq!(keys_of(engine.clone(), "first").await, 1, "one key, shared");
+        store
+            .import(vec![VersionedRecord {
+                address: order("imported", "o-1"),
+                version: domicile_core::Version(5),
+                value: Some(Bytes::from("from elsewhere")),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(keys_of(engine, "imported").await, 1);
+    }
+    let (_, store) = open_sealed(dir.path(), &keyring, "us-west");
+    for i in 0..16 {
+        let r = store.get(&order("first", &format!("o-{i}"))).await.unwrap();
+        assert_eq!(r.map(|r| r.value), Some(Bytes::from(format!("v{i}"))));
+    }
+    let r = store.get(&order("imported", "o-1")).await.unwrap();
+    assert_eq!(r.map(|r| r.value), Some(Bytes::from("from elsewhere")));
+}

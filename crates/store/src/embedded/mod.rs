@@ -13,7 +13,7 @@ use crate::record::{
     Change, CollectionAddress, ImportOutcome, ListPage, Lsn, Mutation, Record, RecordAddress,
     VersionedRecord,
 };
-use crate::store::{RegionStore, SnapshotScan};
+use crate::store::{MetaPuts, RegionStore, SnapshotScan};
 use async_trait::async_trait;
 use bytes::Bytes;
 use domicile_core::{BucketCount, Hlc, Market, RecordKey, Scope, ServiceName, UserId, Version};
@@ -211,8 +211,12 @@ impl RegionStore for EmbeddedStore {
         "embedded-fjall"
     }
 
-    async fn write(&self, batch: Vec<Mutation>) -> Result<Vec<Version>, StoreError> {
-        self.submit().write(batch).await
+    async fn write_with_meta(
+        &self,
+        batch: Vec<Mutation>,
+        meta: MetaPuts,
+    ) -> Result<Vec<Version>, StoreError> {
+        self.submit().write(batch, meta).await
     }
 
     async fn get(&self, address: &RecordAddress) -> Result<Option<Record>, StoreError> {
@@ -231,8 +235,12 @@ impl RegionStore for EmbeddedStore {
             .await
     }
 
-    async fn import(&self, records: Vec<VersionedRecord>) -> Result<ImportOutcome, StoreError> {
-        self.submit().import(records).await
+    async fn import_with_meta(
+        &self,
+        records: Vec<VersionedRecord>,
+        meta: MetaPuts,
+    ) -> Result<ImportOutcome, StoreError> {
+        self.submit().import(records, meta).await
     }
 
     async fn snapshot(&self, scope: &Scope) -> Result<SnapshotScan, StoreError> {

@@ -13,6 +13,7 @@ use crate::queue::{
     Grouped, KeyState, PurgeTurn, Reply, Request, clone_error, decide_batch, gather,
 };
 use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, VersionedRecord};
+use crate::store::MetaPuts;
 use domicile_core::{Hlc, Version};
 use fjall::{Database, Keyspace, PersistMode};
 use std::collections::HashMap;
@@ -124,11 +125,23 @@ impl Writer {
 
     fn stage(&mut self, g: &mut Group, request: Grouped) -> Pending {
         match request {
-            Grouped::Write { batch, reply } => Pending::Write(reply, self.stage_write(g, batch)),
-            Grouped::Import { records, reply } => {
+            Grouped::Write { batch, meta, reply } => {
+                let versions = self.stage_write(g, batch);
+                // A refused batch stages nothing, its metadata included.
+                if versions.is_ok() {
+                    self.stage_meta(g, meta);
+                }
+                Pending::Write(reply, versions)
+            }
+            Grouped::Import {
+                records,
+                meta,
+                reply,
+            } => {
                 let outcome = self.stage_import(g, records);
-                if let Err(e) = &outcome {
-                    g.broken = Some(e.to_string());
+                match &outcome {
+                    Ok(_) => self.stage_meta(g, meta),
+                    Err(e) => g.broken = Some(e.to_string()),
                 }
                 Pending::Import(reply, outcome)
             }
@@ -141,6 +154,13 @@ impl Writer {
                 }
                 Pending::Meta(reply)
             }
+        }
+    }
+
+    fn stage_meta(&self, g: &mut Group, meta: MetaPuts) {
+        for (name, value) in meta {
+            g.batch
+                .insert(&self.meta, name.into_bytes(), value.to_vec());
         }
     }
 

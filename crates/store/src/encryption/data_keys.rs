@@ -70,12 +70,32 @@ impl DataKeyId {
     }
 }
 
+/// A data key as a batch of writes or imports gets it.
+pub struct BatchKey {
+    pub key: Arc<RandomizedNonceKey>,
+    /// The key's metadata put (name, wrapped key) while it is not known to be stored: the batch
+    /// stores it in its own commit ([`RegionStore::write_with_meta`]), then tells
+    /// [`DataKeys::settle`] how that went.
+    pub unstored: Option<(String, Bytes)>,
+}
+
+/// A key made for batches whose commits have not landed yet. Every batch that seals with it
+/// carries its put, so whichever commits first stores it; until one has, no other key can be
+/// made for its owner (it is not in the evictable cache, and makers look here first).
+struct UnstoredKey {
+    key: Arc<RandomizedNonceKey>,
+    wrapped: Bytes,
+    /// Batches carrying it whose commits have not ended.
+    batches: usize,
+}
+
 /// A region's data keys.
 pub struct DataKeys {
     region: String,
     provider: Arc<dyn KeyProvider>,
     store: Arc<dyn RegionStore>,
     cache: Mutex<HashMap<String, Arc<RandomizedNonceKey>>>,
+    unstored: Mutex<HashMap<String, UnstoredKey>>,
     creating: Vec<tokio::sync::Mutex<()>>,
     /// Scrubs asked for, and the last ticket a finished scrub covered.
     scrub_tickets: AtomicU64,
@@ -91,6 +111,7 @@ impl DataKeys {
             provider,
             store,
             cache: Mutex::new(HashMap::new()),
+            unstored: Mutex::new(HashMap::new()),
             creating: (0..CREATE_SHARDS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -145,7 +166,33 @@ impl DataKeys {
         Ok(Some(key))
     }
 
-    /// The key to seal `owner`'s data with, made and stored durably if it has none.
+    /// A new random key for `name`, and its wrapped form.
+    async fn make(&self, name: &str) -> Result<(Arc<RandomizedNonceKey>, Bytes), StoreError> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        aws_lc_rs::rand::fill(secret.as_mut())
+            .map_err(|_| EncryptionError::Crypto("random data key"))?;
+        let wrapped = self
+            .provider
+            .wrap(secret.as_ref(), &self.context(name))
+            .await?;
+        let key = RandomizedNonceKey::new(&AES_256_GCM, secret.as_ref())
+            .map_err(|_| EncryptionError::Crypto("AES-256-GCM key"))?;
+        Ok((Arc::new(key), Bytes::from(wrapped)))
+    }
+
+    /// The unstored key of `name`, if a batch in flight made one; `join` counts one more batch
+    /// carrying it.
+    fn unstored_key(&self, name: &str, join: bool) -> Option<(Arc<RandomizedNonceKey>, Bytes)> {
+        let mut unstored = self.unstored.lock().ok()?;
+        let u = unstored.get_mut(name)?;
+        if join {
+            u.batches += 1;
+        }
+        Some((u.key.clone(), u.wrapped.clone()))
+    }
+
+    /// The key to seal `owner`'s data with, made and stored durably if it has none (blobs,
+    /// whose segments are stored before any record names them).
     pub async fn for_write(
         &self,
         owner: &CollectionAddress,
@@ -155,22 +202,84 @@ impl DataKeys {
             return Ok(key);
         }
         let _one_maker = self.shard(&name).lock().await;
+        if let Some((key, wrapped)) = self.unstored_key(&name, false) {
+            self.store.store_meta(&name, wrapped).await?;
+            self.settle_stored(&name);
+            return Ok(key);
+        }
         if let Some(key) = self.load(&name).await? {
             return Ok(key);
         }
-        let mut secret = Zeroizing::new([0u8; 32]);
-        aws_lc_rs::rand::fill(secret.as_mut())
-            .map_err(|_| EncryptionError::Crypto("random data key"))?;
-        let wrapped = self
-            .provider
-            .wrap(secret.as_ref(), &self.context(&name))
-            .await?;
-        self.store.store_meta(&name, Bytes::from(wrapped)).await?;
-        let key = RandomizedNonceKey::new(&AES_256_GCM, secret.as_ref())
-            .map_err(|_| EncryptionError::Crypto("AES-256-GCM key"))?;
-        let key = Arc::new(key);
+        let (key, wrapped) = self.make(&name).await?;
+        self.store.store_meta(&name, wrapped).await?;
         self.remember(name, key.clone());
         Ok(key)
+    }
+
+    /// The key to seal `owner`'s data with in a batch of writes or imports. A new key is not
+    /// stored here: the batch stores it in its own commit (one durable write for a new user's
+    /// first values, not two), and must then [`DataKeys::settle`] it.
+    pub async fn for_batch(&self, owner: &CollectionAddress) -> Result<BatchKey, StoreError> {
+        let name = DataKeyId::of(owner).name();
+        if let Some(key) = self.cached(&name) {
+            return Ok(BatchKey {
+                key,
+                unstored: None,
+            });
+        }
+        let _one_maker = self.shard(&name).lock().await;
+        if let Some((key, wrapped)) = self.unstored_key(&name, true) {
+            return Ok(BatchKey {
+                key,
+                unstored: Some((name, wrapped)),
+            });
+        }
+        if let Some(key) = self.load(&name).await? {
+            return Ok(BatchKey {
+                key,
+                unstored: None,
+            });
+        }
+        let (key, wrapped) = self.make(&name).await?;
+        if let Ok(mut unstored) = self.unstored.lock() {
+            unstored.insert(
+                name.clone(),
+                UnstoredKey {
+                    key: key.clone(),
+                    wrapped: wrapped.clone(),
+                    batches: 1,
+                },
+            );
+        }
+        Ok(BatchKey {
+            key,
+            unstored: Some((name, wrapped)),
+        })
+    }
+
+    /// A batch that carried the unstored key `name` has committed (`stored`) or failed. Once one
+    /// has committed, the key is an ordinary stored key; once every carrier has failed, it is
+    /// forgotten (nothing sealed with it was stored), and the next batch makes or loads another.
+    pub fn settle(&self, name: &str, stored: bool) {
+        if stored {
+            self.settle_stored(name);
+            return;
+        }
+        if let Ok(mut unstored) = self.unstored.lock()
+            && let Some(u) = unstored.get_mut(name)
+        {
+            u.batches = u.batches.saturating_sub(1);
+            if u.batches == 0 {
+                unstored.remove(name);
+            }
+        }
+    }
+
+    fn settle_stored(&self, name: &str) {
+        let stored = self.unstored.lock().ok().and_then(|mut u| u.remove(name));
+        if let Some(u) = stored {
+            self.remember(name.to_string(), u.key);
+        }
     }
 
     /// The key `owner`'s data was sealed with; an error if it was destroyed (or never made).

@@ -18,7 +18,7 @@ pub mod seal;
 mod sealed_blobs;
 mod sealed_store;
 
-pub use data_keys::{DataKeyId, DataKeys};
+pub use data_keys::{BatchKey, DataKeyId, DataKeys};
 pub use keyring::{KeyProvider, KeyringFile};
 pub(crate) use sealed_blobs::{BlobOpener, BlobSealer};
 pub use sealed_store::EncryptedStore;

@@ -4,14 +4,14 @@
 //! and any other agree on the same data whatever their keys.
 
 use super::seal::{VALUE_OVERHEAD, open_value, record_place, seal_value};
-use super::{DataKeyId, DataKeys};
+use super::{BatchKey, DataKeyId, DataKeys};
 use crate::digest::{BucketDigest, BucketDigester};
 use crate::error::StoreError;
 use crate::record::{
     Change, CollectionAddress, ImportOutcome, ListPage, Lsn, Mutation, MutationOp, Record,
     RecordAddress, VersionedRecord,
 };
-use crate::store::{RegionStore, SnapshotScan};
+use crate::store::{MetaPuts, RegionStore, SnapshotScan};
 use async_trait::async_trait;
 use aws_lc_rs::aead::RandomizedNonceKey;
 use bytes::Bytes;
@@ -50,8 +50,8 @@ impl EncryptedStore {
 }
 
 /// The data keys of a batch's owners, each fetched (or made) once. Missing keys are made
-/// concurrently, so their durable writes share the engine's group commits: an import of a
-/// thousand new users costs a few fsyncs, not a thousand.
+/// concurrently; a batch that writes (`write`) carries the puts of the keys it made in its own
+/// commit, so a new user's first values and their key are one durable write.
 async fn keys_of<'a>(
     keys: &DataKeys,
     owners: impl Iterator<Item = &'a CollectionAddress>,
@@ -72,24 +72,46 @@ async fn keys_of<'a>(
         }
         last = Some(id);
     }
-    let fetched = futures::future::try_join_all(distinct.iter().map(|owner| async move {
+    let fetched = futures::future::join_all(distinct.iter().map(|owner| async move {
         let key = if write {
-            keys.for_write(owner).await?
+            keys.for_batch(owner).await?
         } else {
-            keys.for_read(owner).await?
+            BatchKey {
+                key: keys.for_read(owner).await?,
+                unstored: None,
+            }
         };
         Ok::<_, StoreError>((DataKeyId::of(owner), key))
     }))
-    .await?;
-    Ok(BatchKeys {
-        keys: fetched.into_iter().collect(),
+    .await;
+    let mut batch = BatchKeys {
+        keys: HashMap::with_capacity(fetched.len()),
+        unstored: MetaPuts::new(),
         last: None,
-    })
+    };
+    let mut failed = None;
+    for f in fetched {
+        match f {
+            Ok((id, k)) => {
+                batch.unstored.extend(k.unstored);
+                batch.keys.insert(id, k.key);
+            }
+            Err(e) => failed = Some(e),
+        }
+    }
+    if let Some(e) = failed {
+        // Keys made for this batch will not be stored by it.
+        batch.settle(keys, false);
+        return Err(e);
+    }
+    Ok(batch)
 }
 
 /// A batch's data keys by owner, remembering the last one asked for.
 struct BatchKeys {
     keys: HashMap<DataKeyId, Arc<RandomizedNonceKey>>,
+    /// Puts of the new keys among them, for the batch's commit.
+    unstored: MetaPuts,
     last: Option<(DataKeyId, Arc<RandomizedNonceKey>)>,
 }
 
@@ -108,6 +130,13 @@ impl BatchKeys {
             .ok_or_else(|| StoreError::Corrupt("a batch's data key went missing".into()))?;
         self.last = Some((id, key.clone()));
         Ok(key)
+    }
+
+    /// Tells `keys` whether the batch's commit, which carried its new keys, applied.
+    fn settle(&self, keys: &DataKeys, stored: bool) {
+        for (name, _) in &self.unstored {
+            keys.settle(name, stored);
+        }
     }
 }
 
@@ -141,16 +170,28 @@ impl RegionStore for EncryptedStore {
         self.inner.engine()
     }
 
-    async fn write(&self, mut batch: Vec<Mutation>) -> Result<Vec<Version>, StoreError> {
+    async fn write_with_meta(
+        &self,
+        mut batch: Vec<Mutation>,
+        mut meta: MetaPuts,
+    ) -> Result<Vec<Version>, StoreError> {
         let puts = batch.iter().filter(|m| matches!(m.op, MutationOp::Put(_)));
         let mut batch_keys = keys_of(&self.keys, puts.map(|m| &m.address.collection), true).await?;
-        for m in &mut batch {
+        let sealed = batch.iter_mut().try_for_each(|m| {
             if let MutationOp::Put(value) = &m.op {
                 let key = batch_keys.key_of(&m.address.collection)?;
                 m.op = MutationOp::Put(seal_value(&key, &record_place(&m.address), value)?);
             }
+            Ok::<_, StoreError>(())
+        });
+        if let Err(e) = sealed {
+            batch_keys.settle(&self.keys, false);
+            return Err(e);
         }
-        self.inner.write(batch).await
+        meta.extend(batch_keys.unstored.iter().cloned());
+        let written = self.inner.write_with_meta(batch, meta).await;
+        batch_keys.settle(&self.keys, written.is_ok());
+        written
     }
 
     async fn get(&self, address: &RecordAddress) -> Result<Option<Record>, StoreError> {
@@ -176,16 +217,28 @@ impl RegionStore for EncryptedStore {
         Ok(page)
     }
 
-    async fn import(&self, mut records: Vec<VersionedRecord>) -> Result<ImportOutcome, StoreError> {
+    async fn import_with_meta(
+        &self,
+        mut records: Vec<VersionedRecord>,
+        mut meta: MetaPuts,
+    ) -> Result<ImportOutcome, StoreError> {
         let live = records.iter().filter(|r| r.value.is_some());
         let mut batch_keys = keys_of(&self.keys, live.map(|r| &r.address.collection), true).await?;
-        for r in &mut records {
+        let sealed = records.iter_mut().try_for_each(|r| {
             if let Some(v) = &r.value {
                 let key = batch_keys.key_of(&r.address.collection)?;
                 r.value = Some(seal_value(&key, &record_place(&r.address), v)?);
             }
+            Ok::<_, StoreError>(())
+        });
+        if let Err(e) = sealed {
+            batch_keys.settle(&self.keys, false);
+            return Err(e);
         }
-        self.inner.import(records).await
+        meta.extend(batch_keys.unstored.iter().cloned());
+        let imported = self.inner.import_with_meta(records, meta).await;
+        batch_keys.settle(&self.keys, imported.is_ok());
+        imported
     }
 
     async fn snapshot(&self, scope: &Scope) -> Result<SnapshotScan, StoreError> {

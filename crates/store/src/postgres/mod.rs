@@ -20,7 +20,7 @@ use crate::record::{
     Change, CollectionAddress, ImportOutcome, ListPage, Lsn, Mutation, Record, RecordAddress,
     VersionedRecord,
 };
-use crate::store::{RegionStore, SnapshotScan};
+use crate::store::{MetaPuts, RegionStore, SnapshotScan};
 use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -342,8 +342,12 @@ impl RegionStore for PostgresStore {
         "postgres"
     }
 
-    async fn write(&self, batch: Vec<Mutation>) -> Result<Vec<Version>, StoreError> {
-        self.submit().write(batch).await
+    async fn write_with_meta(
+        &self,
+        batch: Vec<Mutation>,
+        meta: MetaPuts,
+    ) -> Result<Vec<Version>, StoreError> {
+        self.submit().write(batch, meta).await
     }
 
     async fn get(&self, address: &RecordAddress) -> Result<Option<Record>, StoreError> {
@@ -359,8 +363,12 @@ impl RegionStore for PostgresStore {
         self.read_list(collection, after, limit).await
     }
 
-    async fn import(&self, records: Vec<VersionedRecord>) -> Result<ImportOutcome, StoreError> {
-        self.submit().import(records).await
+    async fn import_with_meta(
+        &self,
+        records: Vec<VersionedRecord>,
+        meta: MetaPuts,
+    ) -> Result<ImportOutcome, StoreError> {
+        self.submit().import(records, meta).await
     }
 
     async fn snapshot(&self, scope: &Scope) -> Result<SnapshotScan, StoreError> {

@@ -343,11 +343,24 @@ impl Writer {
         request: Grouped,
     ) -> Pending {
         match request {
-            Grouped::Write { batch, reply } => {
-                Pending::Write(reply, self.stage_write(plan, stored, lsn, batch))
+            Grouped::Write { batch, meta, reply } => {
+                let versions = self.stage_write(plan, stored, lsn, batch);
+                // A refused batch stages nothing, its metadata included.
+                if versions.is_ok() {
+                    plan.meta
+                        .extend(meta.into_iter().map(|(n, v)| (n, Some(v))));
+                }
+                Pending::Write(reply, versions)
             }
-            Grouped::Import { records, reply } => {
-                Pending::Import(reply, self.stage_import(plan, stored, lsn, records))
+            Grouped::Import {
+                records,
+                meta,
+                reply,
+            } => {
+                let outcome = self.stage_import(plan, stored, lsn, records);
+                plan.meta
+                    .extend(meta.into_iter().map(|(n, v)| (n, Some(v))));
+                Pending::Import(reply, outcome)
             }
             Grouped::Meta { name, value, reply } => {
                 plan.meta.push((name, value));
