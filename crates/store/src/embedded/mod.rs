@@ -96,12 +96,14 @@ impl Drop for Inner {
 
 /// Every keyspace's options (fjall keeps them with the keyspace: they apply to stores created
 /// with them). fjall pins level-0 filters and level-0 and level-1 index blocks outside the
-/// cache by default, which grew with the store (22 MB at 3M records, `heaptrack`); here only
-/// level 0's index is pinned, the rest is read through the bounded cache.
+/// cache by default, which grew with the store (22 MB at 3M records, `heaptrack`); here no
+/// filter or index block is pinned: all are read through the bounded cache. Level 0's indexes
+/// grow with how far compaction lags a fast import (a 10M copy's target peaked at 258 MiB
+/// with them pinned, decision 0011's addendum).
 fn keyspace_options(options: &EmbeddedOptions) -> KeyspaceCreateOptions {
     KeyspaceCreateOptions::default()
         .max_memtable_size(options.memtable_bytes)
-        .index_block_pinning_policy(PinningPolicy::new([true, false]))
+        .index_block_pinning_policy(PinningPolicy::all(false))
         .filter_block_pinning_policy(PinningPolicy::all(false))
 }
 
