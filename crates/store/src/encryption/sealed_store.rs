@@ -132,6 +132,28 @@ impl BatchKeys {
         Ok(key)
     }
 
+    /// Commits the sealed batch (`sealed` says whether sealing succeeded) with `meta` and the
+    /// puts of its new keys, then tells `keys` whether they were stored.
+    async fn commit<T, F>(
+        self,
+        keys: &DataKeys,
+        sealed: Result<(), StoreError>,
+        mut meta: MetaPuts,
+        commit: impl FnOnce(MetaPuts) -> F,
+    ) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        if let Err(e) = sealed {
+            self.settle(keys, false);
+            return Err(e);
+        }
+        meta.extend(self.unstored.iter().cloned());
+        let committed = commit(meta).await;
+        self.settle(keys, committed.is_ok());
+        committed
+    }
+
     /// Tells `keys` whether the batch's commit, which carried its new keys, applied.
     fn settle(&self, keys: &DataKeys, stored: bool) {
         for (name, _) in &self.unstored {
@@ -173,7 +195,7 @@ impl RegionStore for EncryptedStore {
     async fn write_with_meta(
         &self,
         mut batch: Vec<Mutation>,
-        mut meta: MetaPuts,
+        meta: MetaPuts,
     ) -> Result<Vec<Version>, StoreError> {
         let puts = batch.iter().filter(|m| matches!(m.op, MutationOp::Put(_)));
         let mut batch_keys = keys_of(&self.keys, puts.map(|m| &m.address.collection), true).await?;
@@ -184,14 +206,11 @@ impl RegionStore for EncryptedStore {
             }
             Ok::<_, StoreError>(())
         });
-        if let Err(e) = sealed {
-            batch_keys.settle(&self.keys, false);
-            return Err(e);
-        }
-        meta.extend(batch_keys.unstored.iter().cloned());
-        let written = self.inner.write_with_meta(batch, meta).await;
-        batch_keys.settle(&self.keys, written.is_ok());
-        written
+        batch_keys
+            .commit(&self.keys, sealed, meta, |meta| {
+                self.inner.write_with_meta(batch, meta)
+            })
+            .await
     }
 
     async fn get(&self, address: &RecordAddress) -> Result<Option<Record>, StoreError> {
@@ -220,7 +239,7 @@ impl RegionStore for EncryptedStore {
     async fn import_with_meta(
         &self,
         mut records: Vec<VersionedRecord>,
-        mut meta: MetaPuts,
+        meta: MetaPuts,
     ) -> Result<ImportOutcome, StoreError> {
         let live = records.iter().filter(|r| r.value.is_some());
         let mut batch_keys = keys_of(&self.keys, live.map(|r| &r.address.collection), true).await?;
@@ -231,14 +250,11 @@ impl RegionStore for EncryptedStore {
             }
             Ok::<_, StoreError>(())
         });
-        if let Err(e) = sealed {
-            batch_keys.settle(&self.keys, false);
-            return Err(e);
-        }
-        meta.extend(batch_keys.unstored.iter().cloned());
-        let imported = self.inner.import_with_meta(records, meta).await;
-        batch_keys.settle(&self.keys, imported.is_ok());
-        imported
+        batch_keys
+            .commit(&self.keys, sealed, meta, |meta| {
+                self.inner.import_with_meta(records, meta)
+            })
+            .await
     }
 
     async fn snapshot(&self, scope: &Scope) -> Result<SnapshotScan, StoreError> {
