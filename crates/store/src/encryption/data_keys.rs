@@ -216,11 +216,11 @@ impl DataKeys {
         Ok(key)
     }
 
-    /// The key to seal `owner`'s data with in a batch of writes or imports. A new key is not
+    /// The key to seal the data of `id`'s owner with in a batch of writes or imports. A new key is not
     /// stored here: the batch stores it in its own commit (one durable write for a new user's
     /// first values, not two), and must then [`DataKeys::settle`] it.
-    pub async fn for_batch(&self, owner: &CollectionAddress) -> Result<BatchKey, StoreError> {
-        let name = DataKeyId::of(owner).name();
+    pub async fn for_batch(&self, id: &DataKeyId) -> Result<BatchKey, StoreError> {
+        let name = id.name();
         if let Some(key) = self.cached(&name) {
             return Ok(BatchKey {
                 key,

@@ -57,7 +57,7 @@ async fn keys_of<'a>(
     owners: impl Iterator<Item = &'a CollectionAddress>,
     write: bool,
 ) -> Result<BatchKeys, StoreError> {
-    let mut distinct: Vec<&CollectionAddress> = Vec::new();
+    let mut distinct: Vec<(DataKeyId, &CollectionAddress)> = Vec::new();
     let mut seen = HashSet::new();
     let mut last: Option<DataKeyId> = None;
     for owner in owners {
@@ -68,20 +68,20 @@ async fn keys_of<'a>(
         }
         let id = DataKeyId::of(owner);
         if seen.insert(id.clone()) {
-            distinct.push(owner);
+            distinct.push((id.clone(), owner));
         }
         last = Some(id);
     }
-    let fetched = futures::future::join_all(distinct.iter().map(|owner| async move {
+    let fetched = futures::future::join_all(distinct.into_iter().map(|(id, owner)| async move {
         let key = if write {
-            keys.for_batch(owner).await?
+            keys.for_batch(&id).await?
         } else {
             BatchKey {
                 key: keys.for_read(owner).await?,
                 unstored: None,
             }
         };
-        Ok::<_, StoreError>((DataKeyId::of(owner), key))
+        Ok::<_, StoreError>((id, key))
     }))
     .await;
     let mut batch = BatchKeys {
@@ -96,7 +96,9 @@ async fn keys_of<'a>(
                 batch.unstored.extend(k.unstored);
                 batch.keys.insert(id, k.key);
             }
-            Err(e) => failed = Some(e),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
         }
     }
     if let Some(e) = failed {

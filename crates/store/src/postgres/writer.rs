@@ -17,6 +17,7 @@ use crate::queue::{
     Grouped, KeyState, PurgeTurn, Reply, Request, clone_error, decide_batch, gather,
 };
 use crate::record::{ChangeOp, ImportOutcome, Lsn, Mutation, VersionedRecord};
+use crate::store::MetaPuts;
 use bytes::Bytes;
 use domicile_core::{Hlc, Version};
 use std::collections::{HashMap, HashSet};
@@ -49,6 +50,12 @@ struct Plan {
 }
 
 impl Plan {
+    /// Stages a write's or an import's metadata puts into the same transaction.
+    fn put_meta(&mut self, meta: MetaPuts) {
+        self.meta
+            .extend(meta.into_iter().map(|(name, value)| (name, Some(value))));
+    }
+
     fn state(&self, stored: &HashMap<Vec<u8>, KeyState>, key: &[u8]) -> Option<KeyState> {
         match self.row_of.get(key) {
             Some(&i) => self.rows.get(i).map(|(_, v, value)| (*v, value.is_some())),
@@ -347,8 +354,7 @@ impl Writer {
                 let versions = self.stage_write(plan, stored, lsn, batch);
                 // A refused batch stages nothing, its metadata included.
                 if versions.is_ok() {
-                    plan.meta
-                        .extend(meta.into_iter().map(|(n, v)| (n, Some(v))));
+                    plan.put_meta(meta);
                 }
                 Pending::Write(reply, versions)
             }
@@ -358,8 +364,7 @@ impl Writer {
                 reply,
             } => {
                 let outcome = self.stage_import(plan, stored, lsn, records);
-                plan.meta
-                    .extend(meta.into_iter().map(|(n, v)| (n, Some(v))));
+                plan.put_meta(meta);
                 Pending::Import(reply, outcome)
             }
             Grouped::Meta { name, value, reply } => {
