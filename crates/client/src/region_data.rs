@@ -3,10 +3,10 @@
 
 use crate::region::RegionClient;
 use crate::{ClientError, check, json, send};
-use bytes::BytesMut;
 use domicile_store::{BucketDigest, Change, CollectionAddress, Lsn, VersionedRecord};
 use domicile_wire::api::{DigestResponse, ImportResponse, PurgeResponse, ScopeRequest};
-use domicile_wire::frame::{self, Decoder, Frame, Header, StreamKind};
+use domicile_wire::frame::{self, Decoder, Frame, RawFrame, StreamKind};
+use domicile_wire::import_chunk::ImportChunk;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use std::time::Duration;
@@ -18,6 +18,9 @@ pub struct SnapshotReader {
     body: BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     decoder: Decoder,
     done: bool,
+    /// Room to give the next [`ImportChunk`]: the last one's size, so a chunk's body is
+    /// allocated once instead of grown (and copied) from empty.
+    chunk_capacity: usize,
 }
 
 impl SnapshotReader {
@@ -27,21 +30,46 @@ impl SnapshotReader {
         max: usize,
     ) -> Result<Option<Vec<VersionedRecord>>, ClientError> {
         let mut out = Vec::new();
-        let bad = |url: &str, message: String| ClientError::Body {
-            url: url.to_string(),
-            message,
-        };
-        while out.len() < max && !self.done {
+        while out.len() < max {
+            let Some(payload) = self.next_record().await? else {
+                break;
+            };
+            out.push(frame::decode_record(&payload).map_err(|e| self.bad(e.to_string()))?);
+        }
+        Ok((!out.is_empty()).then_some(out))
+    }
+
+    /// The next up-to-`max` records as an import body, passed on undecoded (the importing node
+    /// decodes and checks them); `None` once the stream has ended.
+    pub async fn next_chunk(&mut self, max: usize) -> Result<Option<ImportChunk>, ClientError> {
+        let mut chunk = ImportChunk::with_capacity(self.chunk_capacity);
+        while chunk.len() < max as u64 {
+            let Some(payload) = self.next_record().await? else {
+                break;
+            };
+            chunk.push(&payload);
+        }
+        self.chunk_capacity = self
+            .chunk_capacity
+            .max(chunk.body_len() + chunk.body_len() / 8);
+        Ok((!chunk.is_empty()).then_some(chunk))
+    }
+
+    /// The next RECORD frame's payload, reading on as needed; `None` at the END frame.
+    async fn next_record(&mut self) -> Result<Option<bytes::Bytes>, ClientError> {
+        while !self.done {
             match self
                 .decoder
-                .next_frame()
-                .map_err(|e| bad(&self.url, e.to_string()))?
+                .next_raw()
+                .map_err(|e| self.bad(e.to_string()))?
             {
-                Some(Frame::Record(r)) => out.push(r),
-                Some(Frame::End { .. }) => self.done = true,
-                Some(Frame::Error(m)) => return Err(bad(&self.url, format!("source failed: {m}"))),
-                Some(Frame::Change(_)) => {
-                    return Err(bad(&self.url, "a change frame in a snapshot".into()));
+                Some(RawFrame::Record(payload)) => return Ok(Some(payload)),
+                Some(RawFrame::Other(Frame::End { .. })) => self.done = true,
+                Some(RawFrame::Other(Frame::Error(m))) => {
+                    return Err(self.bad(format!("source failed: {m}")));
+                }
+                Some(RawFrame::Other(Frame::Change(_) | Frame::Record(_))) => {
+                    return Err(self.bad("a change frame in a snapshot".into()));
                 }
                 None => match self.body.next().await {
                     Some(chunk) => {
@@ -52,19 +80,20 @@ impl SnapshotReader {
                         self.decoder.push(&chunk);
                     }
                     None => {
-                        self.decoder
-                            .finish()
-                            .map_err(|e| bad(&self.url, e.to_string()))?;
+                        self.decoder.finish().map_err(|e| self.bad(e.to_string()))?;
                         self.done = true;
                     }
                 },
             }
         }
-        Ok(if out.is_empty() && self.done {
-            None
-        } else {
-            Some(out)
-        })
+        Ok(None)
+    }
+
+    fn bad(&self, message: String) -> ClientError {
+        ClientError::Body {
+            url: self.url.clone(),
+            message,
+        }
     }
 }
 
@@ -91,6 +120,7 @@ impl RegionClient {
             body: r.bytes_stream().boxed(),
             decoder: Decoder::new(),
             done: false,
+            chunk_capacity: 0,
         };
         let header = loop {
             if let Some(h) = reader.decoder.header().map_err(|e| ClientError::Body {
@@ -172,18 +202,19 @@ impl RegionClient {
         scope: &ScopeRequest,
         records: &[VersionedRecord],
     ) -> Result<ImportResponse, ClientError> {
-        let mut body = BytesMut::new();
-        frame::encode_header(
-            &mut body,
-            Header {
-                kind: StreamKind::Import,
-                lsn: Lsn(0),
-            },
-        );
+        let mut chunk = ImportChunk::with_capacity(0);
         for r in records {
-            frame::encode_record(&mut body, r);
+            chunk.push_record(r);
         }
-        frame::encode_end(&mut body, Lsn(0), records.len() as u64);
+        self.import_chunk(scope, chunk).await
+    }
+
+    /// Imports a chunk of records passed on from a snapshot stream.
+    pub async fn import_chunk(
+        &self,
+        scope: &ScopeRequest,
+        chunk: ImportChunk,
+    ) -> Result<ImportResponse, ClientError> {
         let url = format!(
             "{}?service={}&market={}",
             self.url("/internal/import"),
@@ -197,7 +228,7 @@ impl RegionClient {
                 reqwest::header::CONTENT_TYPE,
                 domicile_wire::api::STREAM_CONTENT_TYPE,
             )
-            .body(body.freeze());
+            .body(chunk.into_body());
         json(&url, send(&url, request).await?).await
     }
 

@@ -5,12 +5,14 @@ use domicile_client::ClientError;
 use domicile_client::region::RegionClient;
 use domicile_core::Version;
 use domicile_core::{
-    Bucket, BucketCount, BucketSet, CollectionKind, CollectionName, Schema, ServiceName,
+    Bucket, BucketCount, BucketSet, CollectionKind, CollectionName, Schema, ServiceName, UserId,
 };
 use domicile_store::RecordAddress;
 use domicile_store::{BlobRef, Lsn, VersionedRecord};
 use domicile_wire::api::ImportResponse;
 use domicile_wire::api::ScopeRequest;
+use domicile_wire::frame::{self, FrameError};
+use domicile_wire::import_chunk::ImportChunk;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -113,10 +115,10 @@ const BLOBS_IN_FLIGHT: usize = 8;
 /// the other, and both often share one commit.
 const IMPORTS_IN_FLIGHT: usize = 2;
 
-fn record_bytes(r: &domicile_store::VersionedRecord) -> u64 {
-    let c = &r.address.collection;
-    (c.user.as_str().len() + c.collection.as_str().len() + r.address.key.as_str().len() + 8) as u64
-        + r.value.as_ref().map_or(0, |v| v.len() as u64)
+/// A record's size as a move reports it: its user, collection and key, its version, its value.
+fn record_bytes(r: &frame::RecordView<'_>) -> u64 {
+    (r.user.len() + r.collection.len() + r.key.len() + 8) as u64
+        + r.value.map_or(0, |v| v.len() as u64)
 }
 
 impl Mover {
@@ -148,9 +150,9 @@ impl Mover {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let read = tokio::spawn(async move {
             loop {
-                match reader.next_batch(CHUNK).await {
-                    Ok(Some(batch)) => {
-                        if tx.send(Ok(batch)).await.is_err() {
+                match reader.next_chunk(CHUNK).await {
+                    Ok(Some(chunk)) => {
+                        if tx.send(Ok(chunk)).await.is_err() {
                             return;
                         }
                     }
@@ -251,17 +253,80 @@ impl Mover {
     ) -> Result<(ImportResponse, u64), MoveError> {
         let mut blobs = Vec::new();
         for r in records {
-            let Some(value) = &r.value else { continue };
-            if !self
-                .blob_collections
-                .contains(&r.address.collection.collection)
+            if let Some(value) = &r.value
+                && self
+                    .blob_collections
+                    .contains(&r.address.collection.collection)
             {
-                continue;
+                blobs.push((r.address.collection.clone(), blob_hash(r, value)?));
             }
-            let blob: BlobRef = serde_json::from_slice(value)
-                .map_err(|_| MoveError::BlobRef(format!("{:?}", r.address)))?;
-            blobs.push((&r.address.collection, blob.hash));
         }
+        let copied = self.carry_blobs(&blobs).await?;
+        let outcome = self
+            .target
+            .import(scope, records)
+            .await
+            .map_err(MoveError::Target)?;
+        Ok((outcome, copied))
+    }
+
+    /// Imports one chunk of a snapshot, passed on undecoded, as [`Mover::import`] does records.
+    async fn import_chunk(
+        &self,
+        scope: &ScopeRequest,
+        chunk: ImportChunk,
+    ) -> Result<ChunkTotals, MoveError> {
+        let source_sent = |e: FrameError| {
+            MoveError::Source(ClientError::Body {
+                url: "/internal/snapshot".into(),
+                message: e.to_string(),
+            })
+        };
+        let (mut bytes, mut blobs) = (0u64, Vec::new());
+        for payload in chunk.payloads() {
+            let view = frame::view_record(payload).map_err(source_sent)?;
+            bytes += record_bytes(&view);
+            if view.value.is_some()
+                && self
+                    .blob_collections
+                    .iter()
+                    .any(|c| c.as_str() == view.collection)
+            {
+                // Blob records are few: decode them in full for their owner and reference.
+                let r = frame::decode_record(payload).map_err(source_sent)?;
+                if let Some(value) = &r.value {
+                    blobs.push((r.address.collection.clone(), blob_hash(&r, value)?));
+                }
+            }
+        }
+        let last_bucket = match chunk.last() {
+            Some(view) => {
+                let user = UserId::new(view.map_err(source_sent)?.user)
+                    .map_err(|e| source_sent(FrameError::Malformed(e.to_string())))?;
+                u32::from(self.buckets.bucket_of(&user).0)
+            }
+            None => 0,
+        };
+        let records = chunk.len();
+        let blob_bytes = self.carry_blobs(&blobs).await?;
+        let outcome = self
+            .target
+            .import_chunk(scope, chunk)
+            .await
+            .map_err(MoveError::Target)?;
+        Ok(ChunkTotals {
+            records,
+            bytes: bytes + blob_bytes,
+            applied: outcome.applied,
+            last_bucket,
+        })
+    }
+
+    /// Copies the blobs named, a few at once; returns the bytes copied.
+    async fn carry_blobs(
+        &self,
+        blobs: &[(domicile_store::CollectionAddress, String)],
+    ) -> Result<u64, MoveError> {
         let mut copied = 0u64;
         for group in blobs.chunks(BLOBS_IN_FLIGHT) {
             let copies = group
@@ -272,12 +337,7 @@ impl Mover {
                 .iter()
                 .sum::<u64>();
         }
-        let outcome = self
-            .target
-            .import(scope, records)
-            .await
-            .map_err(MoveError::Target)?;
-        Ok((outcome, copied))
+        Ok(copied)
     }
 
     /// Copies one blob to the target unless it holds it; returns the bytes copied.
@@ -410,12 +470,19 @@ fn key_repairs(source: Vec<VersionedRecord>, target: Vec<VersionedRecord>) -> Ve
     fixes
 }
 
+/// The content hash a blob collection's record refers to.
+fn blob_hash(r: &VersionedRecord, value: &[u8]) -> Result<String, MoveError> {
+    let blob: BlobRef = serde_json::from_slice(value)
+        .map_err(|_| MoveError::BlobRef(format!("{:?}", r.address)))?;
+    Ok(blob.hash)
+}
+
 /// A copy under way: its snapshot is read ahead while the caller imports chunk by chunk, up to
 /// [`IMPORTS_IN_FLIGHT`] chunks at once, reported in snapshot order.
 pub struct CopyRun<'a> {
     mover: &'a Mover,
     scope: ScopeRequest,
-    rx: tokio::sync::mpsc::Receiver<Result<Vec<VersionedRecord>, ClientError>>,
+    rx: tokio::sync::mpsc::Receiver<Result<ImportChunk, ClientError>>,
     read: tokio::task::JoinHandle<()>,
     in_flight: std::collections::VecDeque<tokio::task::JoinHandle<ImportedChunk>>,
     /// The snapshot has ended: nothing more to start.
@@ -444,23 +511,15 @@ impl CopyRun<'_> {
         throttle: &Throttle,
     ) -> Result<Option<ChunkDone>, MoveError> {
         while !self.read_all && self.in_flight.len() < IMPORTS_IN_FLIGHT {
-            let Some(batch) = self.rx.recv().await else {
+            let Some(chunk) = self.rx.recv().await else {
                 self.read_all = true;
                 break;
             };
-            let batch = batch.map_err(MoveError::Source)?;
-            throttle.take(batch.len() as u64).await;
+            let chunk = chunk.map_err(MoveError::Source)?;
+            throttle.take(chunk.len()).await;
             let (mover, scope) = (self.mover.clone(), self.scope.clone());
             self.in_flight.push_back(tokio::spawn(async move {
-                let (outcome, blob_bytes) = mover.import(&scope, &batch).await?;
-                Ok(ChunkTotals {
-                    records: batch.len() as u64,
-                    bytes: batch.iter().map(record_bytes).sum::<u64>() + blob_bytes,
-                    applied: outcome.applied,
-                    last_bucket: batch.last().map_or(0, |rec| {
-                        u32::from(mover.buckets.bucket_of(&rec.address.collection.user).0)
-                    }),
-                })
+                mover.import_chunk(&scope, chunk).await
             }));
         }
         let Some(import) = self.in_flight.pop_front() else {

@@ -56,6 +56,17 @@ pub enum Frame {
     Error(String),
 }
 
+/// A frame as [`Decoder::next_raw`] hands it over.
+// Returned by value and taken apart at once; boxing `Other` would allocate per change frame.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawFrame {
+    /// A RECORD frame's payload, not yet decoded or checked.
+    Record(Bytes),
+    /// Any other frame, decoded.
+    Other(Frame),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum FrameError {
     #[error("not a domicile stream (bad magic)")]
@@ -168,7 +179,7 @@ pub fn encode_error(out: &mut BytesMut, message: &str) {
 
 struct Reader<'a>(&'a [u8]);
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn need(&self, n: usize, what: &str) -> Result<(), FrameError> {
         if self.0.remaining() < n {
             Err(malformed(format!("short {what}")))
@@ -192,13 +203,13 @@ impl Reader<'_> {
         self.need(8, what)?;
         Ok(self.0.get_u64())
     }
-    fn bytes(&mut self, n: usize, what: &str) -> Result<&[u8], FrameError> {
+    fn bytes(&mut self, n: usize, what: &str) -> Result<&'a [u8], FrameError> {
         self.need(n, what)?;
         let (head, tail) = self.0.split_at(n);
         self.0 = tail;
         Ok(head)
     }
-    fn str(&mut self, n: usize, what: &str) -> Result<&str, FrameError> {
+    fn str(&mut self, n: usize, what: &str) -> Result<&'a str, FrameError> {
         std::str::from_utf8(self.bytes(n, what)?)
             .map_err(|_| malformed(format!("{what} is not UTF-8")))
     }
@@ -250,6 +261,75 @@ impl Reader<'_> {
             Err(malformed(format!("trailing bytes in {what}")))
         }
     }
+}
+
+/// Decodes one RECORD frame's payload (as [`RawFrame::Record`] holds it), checking every id.
+pub fn decode_record(payload: &[u8]) -> Result<VersionedRecord, FrameError> {
+    let mut r = Reader(payload);
+    let record = r.record()?;
+    r.finish("record")?;
+    Ok(record)
+}
+
+/// What a relay reads of a RECORD payload without copying it or checking its ids (its receiver
+/// decodes the record in full): the names are UTF-8 but not validated as ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub user: &'a str,
+    pub collection: &'a str,
+    pub key: &'a str,
+    pub value: Option<&'a [u8]>,
+}
+
+/// Reads a RECORD payload's fields in place.
+pub fn view_record(payload: &[u8]) -> Result<RecordView<'_>, FrameError> {
+    let mut r = Reader(payload);
+    let n = r.u8("service length")?.into();
+    r.bytes(n, "service")?;
+    r.bytes(2 + 2, "market and bucket")?;
+    let n = r.u8("user length")?.into();
+    let user = r.str(n, "user")?;
+    let n = r.u8("collection length")?.into();
+    let collection = r.str(n, "collection")?;
+    let n = r.u16("key length")?.into();
+    let key = r.str(n, "key")?;
+    r.u64("version")?;
+    let value = match r.u8("live flag")? {
+        0 => None,
+        1 => {
+            let n = r.u32("value length")? as usize;
+            Some(r.bytes(n, "value")?)
+        }
+        other => return Err(malformed(format!("live flag {other}"))),
+    };
+    r.finish("record")?;
+    Ok(RecordView {
+        user,
+        collection,
+        key,
+        value,
+    })
+}
+
+/// Appends a RECORD frame around `payload` (one [`RawFrame::Record`] passed on as it came).
+pub(crate) fn put_record_frame(out: &mut BytesMut, payload: &[u8]) {
+    out.put_u8(TAG_RECORD);
+    out.put_u32(payload.len() as u32);
+    out.put_slice(payload);
+}
+
+/// The RECORD payloads of an encoded stream body from `at` on, up to its first other frame.
+pub(crate) fn record_payloads(body: &[u8], mut at: usize) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let head = body.get(at..at + 5)?;
+        if head[0] != TAG_RECORD {
+            return None;
+        }
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let payload = body.get(at + 5..at + 5 + len)?;
+        at += 5 + len;
+        Some(payload)
+    })
 }
 
 fn decode_payload(tag: u8, payload: &[u8]) -> Result<Frame, FrameError> {
@@ -344,6 +424,16 @@ impl Decoder {
 
     /// The next complete frame, if one has arrived. Checks the END frame's count.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        Ok(match self.next_raw()? {
+            None => None,
+            Some(RawFrame::Record(payload)) => Some(decode_payload(TAG_RECORD, &payload)?),
+            Some(RawFrame::Other(frame)) => Some(frame),
+        })
+    }
+
+    /// As [`Decoder::next_frame`], but a RECORD frame's payload is handed over undecoded, for a
+    /// relay that passes records on to a receiver which decodes and checks them in full.
+    pub fn next_raw(&mut self) -> Result<Option<RawFrame>, FrameError> {
         if self.header()?.is_none() || self.buf.len() < 5 {
             return Ok(None);
         }
@@ -360,6 +450,10 @@ impl Decoder {
         if self.ended {
             return Err(malformed("data after the END frame"));
         }
+        if tag == TAG_RECORD {
+            self.frames += 1;
+            return Ok(Some(RawFrame::Record(payload.freeze())));
+        }
         let frame = decode_payload(tag, &payload)?;
         match &frame {
             Frame::Record(_) | Frame::Change(_) => self.frames += 1,
@@ -374,7 +468,7 @@ impl Decoder {
             }
             Frame::Error(_) => {}
         }
-        Ok(Some(frame))
+        Ok(Some(RawFrame::Other(frame)))
     }
 
     /// Call when the input is exhausted: a stream must have ended with END.
@@ -529,7 +623,21 @@ mod tests {
             let r = record(&user, &key, version, value.as_deref());
             let bytes = stream(std::slice::from_ref(&r), None);
             let (_, frames, _) = decode_all(&bytes).unwrap();
-            prop_assert_eq!(frames, vec![Frame::Record(r)]);
+            prop_assert_eq!(&frames, &vec![Frame::Record(r.clone())]);
+            // Passed on undecoded by a relay, the record arrives the same, and reads the same
+            // in place.
+            let mut d = Decoder::new();
+            d.push(&bytes);
+            let mut chunk = crate::import_chunk::ImportChunk::with_capacity(0);
+            while let Some(raw) = d.next_raw().unwrap() {
+                if let RawFrame::Record(payload) = raw {
+                    chunk.push(&payload);
+                }
+            }
+            let view = chunk.last().unwrap().unwrap();
+            prop_assert_eq!((view.user, view.key, view.value), (user.as_str(), key.as_str(), value.as_deref()));
+            let (_, passed, _) = decode_all(&chunk.into_body()).unwrap();
+            prop_assert_eq!(passed, frames);
         }
     }
 }

@@ -7,5 +7,6 @@
 
 pub mod api;
 pub mod frame;
+pub mod import_chunk;
 pub mod ledger;
 pub mod migration;
