@@ -39,11 +39,16 @@ impl SnapshotReader {
         Ok((!out.is_empty()).then_some(out))
     }
 
-    /// The next up-to-`max` records as an import body, passed on undecoded (the importing node
-    /// decodes and checks them); `None` once the stream has ended.
-    pub async fn next_chunk(&mut self, max: usize) -> Result<Option<ImportChunk>, ClientError> {
-        let mut chunk = ImportChunk::with_capacity(self.chunk_capacity);
-        while chunk.len() < max as u64 {
+    /// The next records as an import body, passed on undecoded (the importing node decodes and
+    /// checks them): up to `max_records`, and no more once the body holds `max_bytes`; `None`
+    /// once the stream has ended.
+    pub async fn next_chunk(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Option<ImportChunk>, ClientError> {
+        let mut chunk = ImportChunk::with_capacity(self.chunk_capacity.min(max_bytes));
+        while chunk.len() < max_records as u64 && chunk.body_len() < max_bytes {
             let Some(payload) = self.next_record().await? else {
                 break;
             };

@@ -20,6 +20,11 @@ use thiserror::Error;
 /// Records per import request: one atomic batch at the target, and one checkpoint.
 pub const CHUNK: usize = 10_000;
 
+/// A chunk's import body stops growing at this size (it may pass it by one record): a region
+/// node refuses import bodies over 128 MiB, and a copy's memory stays bounded when records are
+/// large (10,000 records of 1 MiB would be 10 GiB).
+pub const CHUNK_BYTES: usize = 8 << 20;
+
 #[derive(Debug, Error)]
 pub enum MoveError {
     #[error("source: {0}")]
@@ -150,7 +155,7 @@ impl Mover {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let read = tokio::spawn(async move {
             loop {
-                match reader.next_chunk(CHUNK).await {
+                match reader.next_chunk(CHUNK, CHUNK_BYTES).await {
                     Ok(Some(chunk)) => {
                         if tx.send(Ok(chunk)).await.is_err() {
                             return;
@@ -244,29 +249,47 @@ impl Mover {
     }
 
     /// Imports `records` at the target, after copying the blobs their records name (unless the
-    /// target has them already), so a blob record never arrives before its bytes. Returns the
-    /// import's outcome and the blob bytes copied.
+    /// target has them already), so a blob record never arrives before its bytes; in imports of
+    /// at most [`CHUNK_BYTES`] of values (and one more record) each. Returns the imports'
+    /// outcome and the blob bytes copied.
     async fn import(
         &self,
         scope: &ScopeRequest,
         records: &[VersionedRecord],
     ) -> Result<(ImportResponse, u64), MoveError> {
-        let mut blobs = Vec::new();
-        for r in records {
-            if let Some(value) = &r.value
-                && self
-                    .blob_collections
-                    .contains(&r.address.collection.collection)
-            {
-                blobs.push((r.address.collection.clone(), blob_hash(r, value)?));
+        let mut outcome = ImportResponse {
+            applied: 0,
+            skipped: 0,
+        };
+        let mut copied = 0u64;
+        let mut rest = records;
+        while !rest.is_empty() {
+            let (mut n, mut size) = (0, 0);
+            while n < rest.len() && size < CHUNK_BYTES {
+                size += rest[n].value.as_ref().map_or(0, |v| v.len()) + 64;
+                n += 1;
             }
+            let (group, tail) = rest.split_at(n);
+            rest = tail;
+            let mut blobs = Vec::new();
+            for r in group {
+                if let Some(value) = &r.value
+                    && self
+                        .blob_collections
+                        .contains(&r.address.collection.collection)
+                {
+                    blobs.push((r.address.collection.clone(), blob_hash(r, value)?));
+                }
+            }
+            copied += self.carry_blobs(&blobs).await?;
+            let done = self
+                .target
+                .import(scope, group)
+                .await
+                .map_err(MoveError::Target)?;
+            outcome.applied += done.applied;
+            outcome.skipped += done.skipped;
         }
-        let copied = self.carry_blobs(&blobs).await?;
-        let outcome = self
-            .target
-            .import(scope, records)
-            .await
-            .map_err(MoveError::Target)?;
         Ok((outcome, copied))
     }
 

@@ -369,3 +369,49 @@ async fn owning_a_new_range_does_not_wait_for_writes_in_flight_but_fencing_and_p
         "a purge of a range owned here is refused"
     );
 }
+
+#[tokio::test]
+async fn a_change_stream_of_large_records_ends_early_and_continues_where_it_stopped() {
+    let node = Node::start("cn-beijing").await;
+    // Twelve records of ~1 MB: a change stream stops once it passes 8 MiB.
+    for k in 0..12 {
+        let r = node
+            .data(
+                Method::PUT,
+                &format!("/v1/users/hk1/orders/big{k:02}"),
+                "HK",
+                vec![b'x'; 1_000_000],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let read = |after: u64| {
+        let node = &node;
+        async move {
+            let uri = format!(
+                "/internal/changes?service=ecommerce&market=HK&buckets=0-1023&after={after}"
+            );
+            let r = node.send(Method::GET, &uri, &[], "").await;
+            assert_eq!(r.status, StatusCode::OK);
+            let (_, frames, next) = frame::decode_all(&r.body).unwrap();
+            let lsns: Vec<u64> = frames
+                .iter()
+                .map(|f| match f {
+                    Frame::Change(c) => c.entry.lsn.0,
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect();
+            (lsns, next)
+        }
+    };
+    let (first, next) = read(0).await;
+    assert_eq!(
+        first,
+        (1..=9).collect::<Vec<_>>(),
+        "stops after passing 8 MiB"
+    );
+    assert_eq!(next, Lsn(9), "continues after the last change sent");
+    let (rest, end) = read(next.0).await;
+    assert_eq!(rest, (10..=12).collect::<Vec<_>>());
+    assert_eq!(end, Lsn(12));
+}
