@@ -867,3 +867,47 @@ pub async fn meta_lists_by_prefix_and_deletes(open: Open) {
         Some(Bytes::from("value of other"))
     );
 }
+
+/// Large records come in chunks bounded by bytes, not only by count, and all of them come:
+/// a scan queues chunks ahead of its reader, and 1,024 records of a MiB would be a GiB each.
+pub async fn snapshot_chunks_are_bounded_by_bytes(open: Open) {
+    let (_dir, store) = fresh(open).await;
+    let user = user_in_bucket(Bucket(7), "large");
+    // 24 values of 512 KiB (12 MiB), then small ones: the bound holds as sizes change.
+    let records: Vec<VersionedRecord> = (0..64u64)
+        .map(|k| VersionedRecord {
+            address: order(&user, &format!("k{k:03}")),
+            version: Version(1 + k),
+            value: Some(if k < 24 {
+                Bytes::from(vec![b'a' + (k % 26) as u8; 512 << 10])
+            } else {
+                Bytes::from(format!("small {k}"))
+            }),
+        })
+        .collect();
+    for group in records.chunks(8) {
+        store.import(group.to_vec()).await.unwrap();
+    }
+    let scan = store
+        .snapshot(&scope_of("ecommerce", "IN", [Bucket(7)]))
+        .await
+        .unwrap();
+    let mut chunks = scan.chunks;
+    let mut seen = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.unwrap();
+        let weight: usize = chunk.iter().map(domicile_store::chunk_weight).sum();
+        let largest = chunk
+            .iter()
+            .map(domicile_store::chunk_weight)
+            .max()
+            .unwrap_or(0);
+        assert!(
+            weight <= domicile_store::SNAPSHOT_CHUNK_BYTES + largest,
+            "a chunk of {} records weighs {weight} bytes",
+            chunk.len()
+        );
+        seen.extend(chunk);
+    }
+    assert_eq!(seen, records);
+}

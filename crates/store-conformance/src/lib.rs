@@ -54,6 +54,7 @@ macro_rules! suite {
             check!(change_log_is_complete_and_ordered);
             check!(change_stream_filters_by_scope_and_pages);
             check!(snapshot_is_isolated_from_concurrent_writes);
+            check!(snapshot_chunks_are_bounded_by_bytes);
             check!(import_is_idempotent_and_order_independent);
             check!(digests_are_equal_after_a_copy);
             check!(purge_removes_exactly_the_scope);

@@ -31,4 +31,4 @@ pub use record::{
     Mutation, MutationOp, Precondition, Record, RecordAddress, VersionedRecord,
 };
 pub use spec::{StoreSpec, open_store};
-pub use store::{MetaPuts, RegionStore, SnapshotScan};
+pub use store::{MetaPuts, RegionStore, SNAPSHOT_CHUNK_BYTES, SnapshotScan, chunk_weight};

@@ -16,8 +16,19 @@ use std::time::Duration;
 /// only if it applies: a new data key lands with the first values it seals, in one commit.
 pub type MetaPuts = Vec<(String, Bytes)>;
 
+/// A snapshot chunk is closed once its values reach this many bytes (it may pass it by one
+/// record): with large records a chunk of 1,024 would hold a GiB, and a scan keeps a few chunks
+/// queued ahead of its reader.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 2 << 20;
+
+/// The bytes a record weighs in a snapshot chunk: its value, and a little for its address.
+pub fn chunk_weight(r: &VersionedRecord) -> usize {
+    r.value.as_ref().map_or(0, |v| v.len()) + 64
+}
+
 /// A consistent snapshot of a scope: every record (tombstones included) as of `lsn`, streamed
-/// in key order in chunks. Changes after `lsn` come from [`RegionStore::changes`].
+/// in key order in chunks of at most [`SNAPSHOT_CHUNK_BYTES`] (and one record). Changes after
+/// `lsn` come from [`RegionStore::changes`].
 pub struct SnapshotScan {
     pub lsn: Lsn,
     pub chunks: BoxStream<'static, Result<Vec<VersionedRecord>, StoreError>>,

@@ -7,7 +7,7 @@ use crate::keys;
 use crate::record::{
     Change, CollectionAddress, ListPage, ListedRecord, Lsn, Record, RecordAddress, VersionedRecord,
 };
-use crate::store::SnapshotScan;
+use crate::store::{SNAPSHOT_CHUNK_BYTES, SnapshotScan, chunk_weight};
 use bytes::Bytes;
 use domicile_core::{RecordKey, Scope};
 use fjall::Readable;
@@ -88,6 +88,7 @@ impl EmbeddedStore {
         tokio::task::spawn_blocking(move || {
             let send = |chunk| tx.blocking_send(chunk).is_ok();
             let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK);
+            let mut weight = 0;
             for range in scope.buckets.ranges() {
                 let (start, end) = keys::bucket_range_bounds(&scope.service, scope.market, *range);
                 for guard in snapshot.range(&records, start..end) {
@@ -103,14 +104,20 @@ impl EmbeddedStore {
                             })
                         });
                     match item {
-                        Ok(r) => chunk.push(r),
+                        Ok(r) => {
+                            weight += chunk_weight(&r);
+                            chunk.push(r);
+                        }
                         Err(e) => {
                             send(Err(e));
                             return;
                         }
                     }
-                    if chunk.len() == SNAPSHOT_CHUNK && !send(Ok(std::mem::take(&mut chunk))) {
-                        return;
+                    if chunk.len() == SNAPSHOT_CHUNK || weight >= SNAPSHOT_CHUNK_BYTES {
+                        weight = 0;
+                        if !send(Ok(std::mem::take(&mut chunk))) {
+                            return;
+                        }
                     }
                 }
             }

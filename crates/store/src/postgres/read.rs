@@ -10,7 +10,7 @@ use crate::record::{
     Change, ChangeEntry, ChangeOp, CollectionAddress, ListPage, ListedRecord, Lsn, Record,
     RecordAddress, VersionedRecord,
 };
-use crate::store::SnapshotScan;
+use crate::store::{SNAPSHOT_CHUNK_BYTES, SnapshotScan, chunk_weight};
 use bytes::Bytes;
 use domicile_core::{RecordKey, Scope};
 use futures::{StreamExt, TryStreamExt};
@@ -19,12 +19,30 @@ use tokio_postgres::IsolationLevel;
 use tokio_postgres::types::ToSql;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// Rows per portal fetch of a snapshot (one round trip each; the mover checkpoints per its own
+/// Rows per portal fetch of a snapshot at most (one round trip each; the mover checkpoints per its own
 /// chunks, not per fetch).
 const SNAPSHOT_CHUNK: i32 = 4096;
 /// Change-log entries examined per `changes` call, whatever the scope matches (LSNs are dense,
 /// so this bounds the range the query reads).
 const CHANGES_SCAN_LIMIT: u64 = 65_536;
+
+/// Splits fetched rows into chunks of at most [`SNAPSHOT_CHUNK_BYTES`] (and one record): a
+/// fetch sized by earlier rows can still hold larger ones.
+fn split_by_weight(records: Vec<VersionedRecord>) -> Vec<Vec<VersionedRecord>> {
+    let mut chunks = vec![Vec::new()];
+    let mut weight = 0;
+    for r in records {
+        if weight >= SNAPSHOT_CHUNK_BYTES {
+            chunks.push(Vec::new());
+            weight = 0;
+        }
+        weight += chunk_weight(&r);
+        if let Some(last) = chunks.last_mut() {
+            last.push(r);
+        }
+    }
+    chunks
+}
 
 fn lsn_from_sql(v: i64) -> Result<Lsn, StoreError> {
     u64::try_from(v)
@@ -139,20 +157,20 @@ impl PostgresStore {
                     .prepare_cached(&sql.scan_range)
                     .await
                     .map_err(pg_error)?;
+                // Rows are fetched by count, so the count follows the rows' size: one row
+                // first, then about a chunk's bytes at the size of the rows fetched last.
+                let mut fetch: i32 = 1;
                 for range in scope.buckets.ranges() {
                     let (start, end) =
                         keys::bucket_range_bounds(&scope.service, scope.market, *range);
                     let portal = txn.bind(&stmt, &[&start, &end]).await.map_err(pg_error)?;
                     loop {
-                        let rows = txn
-                            .query_portal(&portal, SNAPSHOT_CHUNK)
-                            .await
-                            .map_err(pg_error)?;
+                        let rows = txn.query_portal(&portal, fetch).await.map_err(pg_error)?;
                         if rows.is_empty() {
                             break;
                         }
-                        let done = rows.len() < SNAPSHOT_CHUNK as usize;
-                        let chunk = rows
+                        let done = rows.len() < fetch as usize;
+                        let records = rows
                             .into_iter()
                             .map(|r| {
                                 Ok(VersionedRecord {
@@ -162,8 +180,14 @@ impl PostgresStore {
                                 })
                             })
                             .collect::<Result<Vec<_>, StoreError>>()?;
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            return Ok(()); // the reader went away
+                        let weight: usize = records.iter().map(chunk_weight).sum();
+                        let per_row = (weight / records.len()).max(1);
+                        fetch = (SNAPSHOT_CHUNK_BYTES / per_row).clamp(1, SNAPSHOT_CHUNK as usize)
+                            as i32;
+                        for chunk in split_by_weight(records) {
+                            if tx.send(Ok(chunk)).await.is_err() {
+                                return Ok(()); // the reader went away
+                            }
                         }
                         if done {
                             break;
