@@ -207,7 +207,8 @@ impl RegionClient {
         scope: &ScopeRequest,
         records: &[VersionedRecord],
     ) -> Result<ImportResponse, ClientError> {
-        let mut chunk = ImportChunk::with_capacity(0);
+        let size = records.iter().map(domicile_store::chunk_weight).sum();
+        let mut chunk = ImportChunk::with_capacity(size);
         for r in records {
             chunk.push_record(r);
         }

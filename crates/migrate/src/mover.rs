@@ -37,6 +37,8 @@ pub enum MoveError {
     Blob(ClientError),
     #[error("source record {0} holds no blob reference")]
     BlobRef(String),
+    #[error("source sent a malformed record: {0}")]
+    SourceRecord(FrameError),
 }
 
 /// One chunk of a copy, imported at the target.
@@ -266,7 +268,7 @@ impl Mover {
         while !rest.is_empty() {
             let (mut n, mut size) = (0, 0);
             while n < rest.len() && size < CHUNK_BYTES {
-                size += rest[n].value.as_ref().map_or(0, |v| v.len()) + 64;
+                size += domicile_store::chunk_weight(&rest[n]);
                 n += 1;
             }
             let (group, tail) = rest.split_at(n);
@@ -299,15 +301,9 @@ impl Mover {
         scope: &ScopeRequest,
         chunk: ImportChunk,
     ) -> Result<ChunkTotals, MoveError> {
-        let source_sent = |e: FrameError| {
-            MoveError::Source(ClientError::Body {
-                url: "/internal/snapshot".into(),
-                message: e.to_string(),
-            })
-        };
         let (mut bytes, mut blobs) = (0u64, Vec::new());
         for payload in chunk.payloads() {
-            let view = frame::view_record(payload).map_err(source_sent)?;
+            let view = frame::view_record(payload).map_err(MoveError::SourceRecord)?;
             bytes += record_bytes(&view);
             if view.value.is_some()
                 && self
@@ -316,7 +312,7 @@ impl Mover {
                     .any(|c| c.as_str() == view.collection)
             {
                 // Blob records are few: decode them in full for their owner and reference.
-                let r = frame::decode_record(payload).map_err(source_sent)?;
+                let r = frame::decode_record(payload).map_err(MoveError::SourceRecord)?;
                 if let Some(value) = &r.value {
                     blobs.push((r.address.collection.clone(), blob_hash(&r, value)?));
                 }
@@ -324,8 +320,8 @@ impl Mover {
         }
         let last_bucket = match chunk.last() {
             Some(view) => {
-                let user = UserId::new(view.map_err(source_sent)?.user)
-                    .map_err(|e| source_sent(FrameError::Malformed(e.to_string())))?;
+                let user = UserId::new(view.map_err(MoveError::SourceRecord)?.user)
+                    .map_err(|e| MoveError::SourceRecord(FrameError::Malformed(e.to_string())))?;
                 u32::from(self.buckets.bucket_of(&user).0)
             }
             None => 0,
