@@ -43,6 +43,26 @@ async fn node(region: &str, dir: &std::path::Path) -> (String, Arc<NodeState>) {
     (url, state)
 }
 
+/// A mover of `service` in `market` (every bucket) from a new cn-beijing node to a new
+/// ap-singapore node.
+async fn mover_between_new_nodes(dir: &std::path::Path, service: &str, market: &str) -> Mover {
+    let (source_url, _) = node("cn-beijing", dir).await;
+    let (target_url, _) = node("ap-singapore", dir).await;
+    let http = cluster_client(dir);
+    let scope = ScopeRequest {
+        service: service.parse().unwrap(),
+        market: market.parse().unwrap(),
+        buckets: "0-1023".parse().unwrap(),
+    };
+    Mover {
+        source: RegionClient::new(source_url, http.clone()),
+        target: RegionClient::new(target_url, http),
+        blob_collections: reference_blob_collections(&scope.service),
+        scope,
+        buckets: BucketCount::DEFAULT,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scope_copied_under_writes_catches_up_and_verifies_equal() {
     let dir = tempfile::tempdir().unwrap();
@@ -538,15 +558,8 @@ fn reference_blob_collections(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_of_many_chunks_imports_them_side_by_side_and_reports_them_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let (source_url, _) = node("cn-beijing", dir.path()).await;
-    let (target_url, _) = node("ap-singapore", dir.path()).await;
-    let http = cluster_client(dir.path());
-    let scope = ScopeRequest {
-        service: "ecommerce".parse().unwrap(),
-        market: "MY".parse().unwrap(),
-        buckets: "0-1023".parse().unwrap(),
-    };
-    let source = RegionClient::new(source_url, http.clone());
+    let mover = mover_between_new_nodes(dir.path(), "ecommerce", "MY").await;
+    let scope = mover.scope.clone();
     // 3.5 chunks' worth: the copy keeps two imports going and ends on a short chunk.
     let total = domicile_migrate::mover::CHUNK * 7 / 2;
     let records: Vec<_> = (0..total)
@@ -564,15 +577,8 @@ async fn a_copy_of_many_chunks_imports_them_side_by_side_and_reports_them_in_ord
         })
         .collect();
     for chunk in records.chunks(5_000) {
-        source.import(&scope, chunk).await.unwrap();
+        mover.source.import(&scope, chunk).await.unwrap();
     }
-    let mover = Mover {
-        source,
-        target: RegionClient::new(target_url, http),
-        scope: scope.clone(),
-        buckets: BucketCount::DEFAULT,
-        blob_collections: reference_blob_collections(&scope.service),
-    };
     let mut run = mover.start_copy(&scope).await.unwrap();
     let unlimited = domicile_migrate::throttle::Throttle::new(None);
     let mut chunks = Vec::new();
@@ -605,15 +611,8 @@ async fn a_copy_of_many_chunks_imports_them_side_by_side_and_reports_them_in_ord
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scope_of_large_records_copies_and_catches_up_in_bounded_imports() {
     let dir = tempfile::tempdir().unwrap();
-    let (source_url, _) = node("cn-beijing", dir.path()).await;
-    let (target_url, _) = node("ap-singapore", dir.path()).await;
-    let http = cluster_client(dir.path());
-    let scope = ScopeRequest {
-        service: "cloud".parse().unwrap(),
-        market: "MY".parse().unwrap(),
-        buckets: "0-1023".parse().unwrap(),
-    };
-    let source = RegionClient::new(source_url, http.clone());
+    let mover = mover_between_new_nodes(dir.path(), "cloud", "MY").await;
+    let scope = mover.scope.clone();
     // 140 notes of 1,000,000 bytes: 140 MB, more than a node takes in one import body
     // (128 MiB), so one chunk of them all would be refused.
     let note = |i: usize, round: u64| domicile_store::VersionedRecord {
@@ -630,15 +629,8 @@ async fn a_scope_of_large_records_copies_and_catches_up_in_bounded_imports() {
     };
     let first: Vec<_> = (0..140).map(|i| note(i, 1)).collect();
     for group in first.chunks(20) {
-        source.import(&scope, group).await.unwrap();
+        mover.source.import(&scope, group).await.unwrap();
     }
-    let mover = Mover {
-        source,
-        target: RegionClient::new(target_url, http),
-        scope: scope.clone(),
-        buckets: BucketCount::DEFAULT,
-        blob_collections: reference_blob_collections(&scope.service),
-    };
     let copied = mover.copy(|_| {}).await.unwrap();
     assert_eq!((copied.records, copied.applied), (140, 140));
     assert!(mover.verify().await.unwrap().equal());

@@ -500,12 +500,17 @@ pub fn decode_all(bytes: &[u8]) -> Result<(Header, Vec<Frame>, Lsn), FrameError>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use domicile_core::BucketCount;
     use proptest::prelude::*;
 
-    fn record(user: &str, key: &str, version: u64, value: Option<&[u8]>) -> VersionedRecord {
+    pub(crate) fn record(
+        user: &str,
+        key: &str,
+        version: u64,
+        value: Option<&[u8]>,
+    ) -> VersionedRecord {
         let c = CollectionAddress::new(
             ServiceName::new("cloud").unwrap(),
             Market::new("MY").unwrap(),
@@ -520,7 +525,8 @@ mod tests {
         }
     }
 
-    fn stream(records: &[VersionedRecord], change: Option<Change>) -> BytesMut {
+    /// A snapshot stream at LSN 42 of `records` (and `change`, if any).
+    pub(crate) fn stream(records: &[VersionedRecord], change: Option<Change>) -> BytesMut {
         let mut out = BytesMut::new();
         encode_header(
             &mut out,

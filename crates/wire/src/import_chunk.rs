@@ -91,55 +91,18 @@ impl ImportChunk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{Decoder, Frame, RawFrame, decode_all, encode_end, encode_record};
-    use domicile_core::{
-        BucketCount, CollectionName, Market, RecordKey, ServiceName, UserId, Version,
-    };
-    use domicile_store::{CollectionAddress, RecordAddress};
-
-    fn record(user: &str, key: &str, value: Option<&[u8]>) -> VersionedRecord {
-        let c = CollectionAddress::new(
-            ServiceName::new("cloud").unwrap(),
-            Market::new("MY").unwrap(),
-            UserId::new(user).unwrap(),
-            CollectionName::new("notes").unwrap(),
-            BucketCount::DEFAULT,
-        );
-        VersionedRecord {
-            address: RecordAddress {
-                collection: c,
-                key: RecordKey::new(key).unwrap(),
-            },
-            version: Version(7),
-            value: value.map(Bytes::copy_from_slice),
-        }
-    }
-
-    fn snapshot(records: &[VersionedRecord]) -> BytesMut {
-        let mut out = BytesMut::new();
-        frame::encode_header(
-            &mut out,
-            Header {
-                kind: StreamKind::Snapshot,
-                lsn: Lsn(42),
-            },
-        );
-        for r in records {
-            encode_record(&mut out, r);
-        }
-        encode_end(&mut out, Lsn(42), records.len() as u64);
-        out
-    }
+    use crate::frame::tests::{record, stream};
+    use crate::frame::{Decoder, Frame, RawFrame, decode_all};
 
     #[test]
     fn passed_on_records_decode_as_the_ones_sent() {
         let records = vec![
-            record("u-1", "a", Some(b"one")),
-            record("u-1", "b", None),
-            record("u-2", "c", Some(b"")),
+            record("u-1", "a", 7, Some(b"one")),
+            record("u-1", "b", 7, None),
+            record("u-2", "c", 7, Some(b"")),
         ];
         let mut decoder = Decoder::new();
-        decoder.push(&snapshot(&records));
+        decoder.push(&stream(&records, None));
         let mut chunk = ImportChunk::with_capacity(0);
         while let Some(raw) = decoder.next_raw().unwrap() {
             match raw {
