@@ -11,6 +11,17 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use std::time::Duration;
 
+/// One read of a node's change log.
+#[derive(Debug)]
+pub struct ChangePage {
+    pub changes: Vec<Change>,
+    /// The position to continue from.
+    pub next: Lsn,
+    /// The stream reached its size bound: more changes may follow at once, however few this
+    /// page holds.
+    pub cut_short: bool,
+}
+
 /// A snapshot being read: its LSN, and its records in batches as they arrive.
 pub struct SnapshotReader {
     pub lsn: Lsn,
@@ -161,15 +172,15 @@ impl RegionClient {
         Ok(reader)
     }
 
-    /// Changes of `scope` after `after` (waiting up to `wait` when there are none): the changes
-    /// and the position to continue from.
+    /// Changes of `scope` after `after` (waiting up to `wait` when there are none), and the
+    /// position to continue from.
     pub async fn changes(
         &self,
         scope: &ScopeRequest,
         after: Lsn,
         limit: usize,
         wait: Duration,
-    ) -> Result<(Vec<Change>, Lsn), ClientError> {
+    ) -> Result<ChangePage, ClientError> {
         let url = format!(
             "{}?service={}&market={}&buckets={}&after={}&limit={limit}&wait_ms={}",
             self.url("/internal/changes"),
@@ -198,7 +209,11 @@ impl RegionClient {
                 _ => None,
             })
             .collect();
-        Ok((changes, next))
+        Ok(ChangePage {
+            changes,
+            next,
+            cut_short: bytes.len() >= domicile_wire::api::CHANGE_STREAM_BYTES,
+        })
     }
 
     /// Imports records of one service and market (applied atomically, higher version wins).

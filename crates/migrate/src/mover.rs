@@ -198,8 +198,10 @@ impl Mover {
             ..Applied::default()
         };
         loop {
-            let (carried, next) = self.pass(&mut applied).await?;
-            let idle = (carried == 0 && next == applied.position) || (lag > 0 && carried <= lag);
+            let (carried, next, cut_short) = self.pass(&mut applied).await?;
+            // A pass cut short by the stream's size bound says nothing about the lag.
+            let idle = !cut_short
+                && ((carried == 0 && next == applied.position) || (lag > 0 && carried <= lag));
             applied.position = next;
             if idle {
                 return Ok(applied);
@@ -215,7 +217,7 @@ impl Mover {
             ..Applied::default()
         };
         while applied.position.0 < until {
-            let (carried, next) = self.pass(&mut applied).await?;
+            let (carried, next, _) = self.pass(&mut applied).await?;
             if carried == 0 && next == applied.position {
                 break; // the source has nothing past this point (it is behind the fence LSN)
             }
@@ -225,18 +227,19 @@ impl Mover {
     }
 
     /// One read of the source's changes after `applied.position`, imported at the target and
-    /// added to `applied` (but for the position). Returns the changes carried and the next
-    /// position.
-    async fn pass(&self, applied: &mut Applied) -> Result<(usize, Lsn), MoveError> {
+    /// added to `applied` (but for the position). Returns the changes carried, the next
+    /// position, and whether the read was cut short by its size bound.
+    async fn pass(&self, applied: &mut Applied) -> Result<(usize, Lsn, bool), MoveError> {
         let read = Instant::now();
-        let (changes, next) = self
+        let page = self
             .source
             .changes(&self.scope, applied.position, CHUNK, Duration::ZERO)
             .await
             .map_err(MoveError::Source)?;
         applied.passes += 1;
         applied.reading += read.elapsed();
-        let records: Vec<_> = changes.into_iter().filter_map(|c| c.current).collect();
+        let (next, cut_short) = (page.next, page.cut_short);
+        let records: Vec<_> = page.changes.into_iter().filter_map(|c| c.current).collect();
         if !records.is_empty() {
             applied.buckets.extend(
                 records
@@ -247,7 +250,7 @@ impl Mover {
             applied.records += self.import(&self.scope, &records).await?.0.applied;
             applied.importing += import.elapsed();
         }
-        Ok((records.len(), next))
+        Ok((records.len(), next, cut_short))
     }
 
     /// Imports `records` at the target, after copying the blobs their records name (unless the

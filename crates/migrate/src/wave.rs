@@ -545,12 +545,13 @@ pub async fn reverse_pass(
     mover: &Mover,
     wait: Duration,
 ) -> Result<u64, WaveError> {
-    let (changes, next) = mover
+    let page = mover
         .target
         .changes(&mover.scope, wave.reverse_from, crate::mover::CHUNK, wait)
         .await
         .map_err(WaveError::Region)?;
-    let records: Vec<_> = changes.into_iter().filter_map(|c| c.current).collect();
+    let next = page.next;
+    let records: Vec<_> = page.changes.into_iter().filter_map(|c| c.current).collect();
     let mut applied = 0;
     if !records.is_empty() {
         applied = mover

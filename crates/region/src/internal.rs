@@ -30,8 +30,6 @@ use std::time::Duration;
 const MAX_IMPORT_BYTES: u64 = 128 << 20;
 /// Changes returned per change-stream request at most.
 const MAX_CHANGES: usize = 10_000;
-/// A change stream's size past which it ends early (see `changes`).
-const CHANGES_BYTES: usize = 8 << 20;
 /// The longest a change-stream request waits for new changes.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
@@ -150,13 +148,13 @@ pub async fn changes(
             lsn: after,
         },
     );
-    // A stream stops after the change that takes it past CHANGES_BYTES and continues from
-    // there: a reader of large records gets them in bounded pieces.
+    // A stream stops after the change that takes it past CHANGE_STREAM_BYTES and continues
+    // from there: a reader of large records gets them in bounded pieces.
     let mut sent = 0;
     for c in &changes {
         frame::encode_change(&mut out, c);
         sent += 1;
-        if out.len() >= CHANGES_BYTES && sent < changes.len() {
+        if out.len() >= domicile_wire::api::CHANGE_STREAM_BYTES && sent < changes.len() {
             position = c.entry.lsn;
             break;
         }

@@ -11,6 +11,11 @@ pub const EPOCH_HEADER: &str = "x-domicile-epoch";
 /// Content type of binary streams.
 pub const STREAM_CONTENT_TYPE: &str = "application/x-domicile-stream";
 
+/// A change stream ends after the change that takes it past this size, its END naming that
+/// change as the position to continue from: so a stream this long may have been cut short,
+/// whatever its count of changes.
+pub const CHANGE_STREAM_BYTES: usize = 8 << 20;
+
 /// Every error: `{"error":{"code","message"}}`, plus the owner on a 421.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
