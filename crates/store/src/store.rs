@@ -26,6 +26,40 @@ pub fn chunk_weight(r: &VersionedRecord) -> usize {
     r.value.as_ref().map_or(0, |v| v.len()) + 64
 }
 
+/// Gathers a snapshot's records into chunks of at most `max_records`, closed early once their
+/// weight reaches [`SNAPSHOT_CHUNK_BYTES`]: every engine's scan chunks the same way.
+pub(crate) struct SnapshotChunker {
+    max_records: usize,
+    chunk: Vec<VersionedRecord>,
+    weight: usize,
+}
+
+impl SnapshotChunker {
+    pub(crate) fn new(max_records: usize) -> Self {
+        Self {
+            max_records,
+            chunk: Vec::new(),
+            weight: 0,
+        }
+    }
+
+    /// Adds a record; returns the chunk it closed, if it closed one.
+    pub(crate) fn push(&mut self, r: VersionedRecord) -> Option<Vec<VersionedRecord>> {
+        self.weight += chunk_weight(&r);
+        self.chunk.push(r);
+        if self.chunk.len() < self.max_records && self.weight < SNAPSHOT_CHUNK_BYTES {
+            return None;
+        }
+        self.weight = 0;
+        Some(std::mem::take(&mut self.chunk))
+    }
+
+    /// The last, partial chunk, if any.
+    pub(crate) fn finish(self) -> Option<Vec<VersionedRecord>> {
+        (!self.chunk.is_empty()).then_some(self.chunk)
+    }
+}
+
 /// A consistent snapshot of a scope: every record (tombstones included) as of `lsn`, streamed
 /// in key order in chunks of at most [`SNAPSHOT_CHUNK_BYTES`] (and one record). Changes after
 /// `lsn` come from [`RegionStore::changes`].
@@ -143,4 +177,44 @@ pub trait RegionStore: Send + Sync + 'static {
     /// Rewrites the metadata so that deleted values leave the engine's files as far as the
     /// engine can make them (crypto-shredding deletes wrapped data keys, then calls this).
     async fn scrub_meta(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::CollectionAddress;
+    use bytes::Bytes;
+    use domicile_core::{BucketCount, RecordKey, Version};
+
+    fn record(key: usize, value_len: usize) -> VersionedRecord {
+        let c = CollectionAddress::new(
+            "ecommerce".parse().unwrap(),
+            "IN".parse().unwrap(),
+            "u1".parse().unwrap(),
+            "orders".parse().unwrap(),
+            BucketCount::DEFAULT,
+        );
+        VersionedRecord {
+            address: c.record(RecordKey::new(format!("k{key}")).unwrap()),
+            version: Version(1),
+            value: Some(Bytes::from(vec![b'v'; value_len])),
+        }
+    }
+
+    #[test]
+    fn chunks_close_on_their_record_count_or_their_weight() {
+        let mut chunks = SnapshotChunker::new(3);
+        let lens: Vec<usize> = (0..7)
+            .filter_map(|k| chunks.push(record(k, 10)).map(|c| c.len()))
+            .collect();
+        assert_eq!(lens, [3, 3]);
+        assert_eq!(chunks.finish().map(|c| c.len()), Some(1));
+
+        // Large values close a chunk early, at the record that reaches the weight.
+        let mut chunks = SnapshotChunker::new(1024);
+        let big = SNAPSHOT_CHUNK_BYTES / 2;
+        assert!(chunks.push(record(0, big)).is_none());
+        assert_eq!(chunks.push(record(1, big)).map(|c| c.len()), Some(2));
+        assert!(chunks.finish().is_none());
+    }
 }

@@ -7,7 +7,7 @@ use crate::keys;
 use crate::record::{
     Change, CollectionAddress, ListPage, ListedRecord, Lsn, Record, RecordAddress, VersionedRecord,
 };
-use crate::store::{SNAPSHOT_CHUNK_BYTES, SnapshotScan, chunk_weight};
+use crate::store::{SnapshotChunker, SnapshotScan};
 use bytes::Bytes;
 use domicile_core::{RecordKey, Scope};
 use fjall::Readable;
@@ -87,8 +87,7 @@ impl EmbeddedStore {
         // The scan runs on its own blocking thread and stops when the receiver goes away.
         tokio::task::spawn_blocking(move || {
             let send = |chunk| tx.blocking_send(chunk).is_ok();
-            let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK);
-            let mut weight = 0;
+            let mut chunks = SnapshotChunker::new(SNAPSHOT_CHUNK);
             for range in scope.buckets.ranges() {
                 let (start, end) = keys::bucket_range_bounds(&scope.service, scope.market, *range);
                 for guard in snapshot.range(&records, start..end) {
@@ -103,25 +102,21 @@ impl EmbeddedStore {
                                 value: value.map(Bytes::copy_from_slice),
                             })
                         });
-                    match item {
-                        Ok(r) => {
-                            weight += chunk_weight(&r);
-                            chunk.push(r);
+                    match item.map(|r| chunks.push(r)) {
+                        Ok(Some(chunk)) => {
+                            if !send(Ok(chunk)) {
+                                return;
+                            }
                         }
+                        Ok(None) => {}
                         Err(e) => {
                             send(Err(e));
                             return;
                         }
                     }
-                    if chunk.len() == SNAPSHOT_CHUNK || weight >= SNAPSHOT_CHUNK_BYTES {
-                        weight = 0;
-                        if !send(Ok(std::mem::take(&mut chunk))) {
-                            return;
-                        }
-                    }
                 }
             }
-            if !chunk.is_empty() {
+            if let Some(chunk) = chunks.finish() {
                 send(Ok(chunk));
             }
             // Release the engine before the stream ends, so that a reader who drained it can

@@ -10,7 +10,7 @@ use crate::record::{
     Change, ChangeEntry, ChangeOp, CollectionAddress, ListPage, ListedRecord, Lsn, Record,
     RecordAddress, VersionedRecord,
 };
-use crate::store::{SNAPSHOT_CHUNK_BYTES, SnapshotScan, chunk_weight};
+use crate::store::{SNAPSHOT_CHUNK_BYTES, SnapshotChunker, SnapshotScan, chunk_weight};
 use bytes::Bytes;
 use domicile_core::{RecordKey, Scope};
 use futures::{StreamExt, TryStreamExt};
@@ -19,30 +19,12 @@ use tokio_postgres::IsolationLevel;
 use tokio_postgres::types::ToSql;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// Rows per portal fetch of a snapshot at most (one round trip each; the mover checkpoints per its own
-/// chunks, not per fetch).
+/// At most this many rows per portal fetch (one round trip each) and per chunk of a snapshot;
+/// the mover checkpoints per its own chunks, not per fetch.
 const SNAPSHOT_CHUNK: i32 = 4096;
 /// Change-log entries examined per `changes` call, whatever the scope matches (LSNs are dense,
 /// so this bounds the range the query reads).
 const CHANGES_SCAN_LIMIT: u64 = 65_536;
-
-/// Splits fetched rows into chunks of at most [`SNAPSHOT_CHUNK_BYTES`] (and one record): a
-/// fetch sized by earlier rows can still hold larger ones.
-fn split_by_weight(records: Vec<VersionedRecord>) -> Vec<Vec<VersionedRecord>> {
-    let mut chunks = vec![Vec::new()];
-    let mut weight = 0;
-    for r in records {
-        if weight >= SNAPSHOT_CHUNK_BYTES {
-            chunks.push(Vec::new());
-            weight = 0;
-        }
-        weight += chunk_weight(&r);
-        if let Some(last) = chunks.last_mut() {
-            last.push(r);
-        }
-    }
-    chunks
-}
 
 fn lsn_from_sql(v: i64) -> Result<Lsn, StoreError> {
     u64::try_from(v)
@@ -160,6 +142,7 @@ impl PostgresStore {
                 // Rows are fetched by count, so the count follows the rows' size: one row
                 // first, then about a chunk's bytes at the size of the rows fetched last.
                 let mut fetch: i32 = 1;
+                let mut chunks = SnapshotChunker::new(SNAPSHOT_CHUNK as usize);
                 for range in scope.buckets.ranges() {
                     let (start, end) =
                         keys::bucket_range_bounds(&scope.service, scope.market, *range);
@@ -169,30 +152,33 @@ impl PostgresStore {
                         if rows.is_empty() {
                             break;
                         }
-                        let done = rows.len() < fetch as usize;
-                        let records = rows
-                            .into_iter()
-                            .map(|r| {
-                                Ok(VersionedRecord {
-                                    address: keys::decode_record_key(&r.get::<_, Vec<u8>>(0))?,
-                                    version: version_from_sql(r.get(1)),
-                                    value: r.get::<_, Option<Vec<u8>>>(2).map(Bytes::from),
-                                })
-                            })
-                            .collect::<Result<Vec<_>, StoreError>>()?;
-                        let weight: usize = records.iter().map(chunk_weight).sum();
-                        let per_row = (weight / records.len()).max(1);
-                        fetch = (SNAPSHOT_CHUNK_BYTES / per_row).clamp(1, SNAPSHOT_CHUNK as usize)
-                            as i32;
-                        for chunk in split_by_weight(records) {
-                            if tx.send(Ok(chunk)).await.is_err() {
+                        let (done, fetched) = (rows.len() < fetch as usize, rows.len());
+                        let mut weight = 0;
+                        for row in rows {
+                            let r = VersionedRecord {
+                                address: keys::decode_record_key(&row.get::<_, Vec<u8>>(0))?,
+                                version: version_from_sql(row.get(1)),
+                                value: row.get::<_, Option<Vec<u8>>>(2).map(Bytes::from),
+                            };
+                            weight += chunk_weight(&r);
+                            if let Some(chunk) = chunks.push(r)
+                                && tx.send(Ok(chunk)).await.is_err()
+                            {
                                 return Ok(()); // the reader went away
                             }
                         }
+                        let per_row = (weight / fetched).max(1);
+                        fetch = (SNAPSHOT_CHUNK_BYTES / per_row).clamp(1, SNAPSHOT_CHUNK as usize)
+                            as i32;
                         if done {
                             break;
                         }
                     }
+                }
+                if let Some(chunk) = chunks.finish()
+                    && tx.send(Ok(chunk)).await.is_err()
+                {
+                    return Ok(());
                 }
                 txn.commit().await.map_err(pg_error)
             };
