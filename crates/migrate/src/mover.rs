@@ -124,7 +124,8 @@ const IMPORTS_IN_FLIGHT: usize = 2;
 
 /// A record's size as a move reports it: its user, collection and key, its version, its value.
 fn record_bytes(r: &frame::RecordView<'_>) -> u64 {
-    (r.user.len() + r.collection.len() + r.key.len() + 8) as u64
+    let a = &r.address;
+    (a.user.len() + a.collection.len() + a.key.len() + 8) as u64
         + r.value.map_or(0, |v| v.len() as u64)
 }
 
@@ -255,7 +256,7 @@ impl Mover {
 
     /// Imports `records` at the target, after copying the blobs their records name (unless the
     /// target has them already), so a blob record never arrives before its bytes; in imports of
-    /// at most [`CHUNK_BYTES`] of values (and one more record) each. Returns the imports'
+    /// at most [`CHUNK`] records and [`CHUNK_BYTES`] (passed by at most one record) each. Returns the imports'
     /// outcome and the blob bytes copied.
     async fn import(
         &self,
@@ -270,7 +271,7 @@ impl Mover {
         let mut rest = records;
         while !rest.is_empty() {
             let (mut n, mut size) = (0, 0);
-            while n < rest.len() && size < CHUNK_BYTES {
+            while n < rest.len() && n < CHUNK && size < CHUNK_BYTES {
                 size += domicile_store::chunk_weight(&rest[n]);
                 n += 1;
             }
@@ -308,22 +309,21 @@ impl Mover {
         for payload in chunk.payloads() {
             let view = frame::view_record(payload).map_err(MoveError::SourceRecord)?;
             bytes += record_bytes(&view);
-            if view.value.is_some()
+            if let Some(value) = view.value
                 && self
                     .blob_collections
                     .iter()
-                    .any(|c| c.as_str() == view.collection)
+                    .any(|c| c.as_str() == view.address.collection)
             {
                 // Blob records are few: decode them in full for their owner and reference.
-                let r = frame::decode_record(payload).map_err(MoveError::SourceRecord)?;
-                if let Some(value) = &r.value {
-                    blobs.push((r.address.collection.clone(), blob_hash(&r, value)?));
-                }
+                let r = view.to_owned().map_err(MoveError::SourceRecord)?;
+                let hash = blob_hash(&r, value)?;
+                blobs.push((r.address.collection, hash));
             }
         }
         let last_bucket = match chunk.last() {
             Some(view) => {
-                let user = UserId::new(view.map_err(MoveError::SourceRecord)?.user)
+                let user = UserId::new(view.map_err(MoveError::SourceRecord)?.address.user)
                     .map_err(|e| MoveError::SourceRecord(FrameError::Malformed(e.to_string())))?;
                 u32::from(self.buckets.bucket_of(&user).0)
             }
@@ -439,9 +439,7 @@ impl Mover {
                 read_whole(&self.target, &scope, MoveError::Target)
             )?;
             let fixes = key_repairs(source, target);
-            for chunk in fixes.chunks(CHUNK) {
-                self.import(&scope, chunk).await?;
-            }
+            self.import(&scope, &fixes).await?;
             repaired += fixes.len() as u64;
         }
         Ok(repaired)

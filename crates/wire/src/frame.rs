@@ -213,46 +213,51 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.bytes(n, what)?)
             .map_err(|_| malformed(format!("{what} is not UTF-8")))
     }
-    fn address(&mut self) -> Result<RecordAddress, FrameError> {
-        let bad = |e: domicile_core::IdError| malformed(e.to_string());
+    /// An address's fields in place: the one reading of the address layout.
+    fn address_view(&mut self) -> Result<AddressView<'a>, FrameError> {
         let n = self.u8("service length")?.into();
-        let service = ServiceName::new(self.str(n, "service")?).map_err(bad)?;
+        let service = self.str(n, "service")?;
         let m = self.bytes(2, "market")?;
-        let market = Market::from_bytes([m[0], m[1]]).map_err(bad)?;
-        let bucket = Bucket(self.u16("bucket")?);
+        let market = [m[0], m[1]];
+        let bucket = self.u16("bucket")?;
         let n = self.u8("user length")?.into();
-        let user = UserId::new(self.str(n, "user")?).map_err(bad)?;
+        let user = self.str(n, "user")?;
         let n = self.u8("collection length")?.into();
-        let collection = CollectionName::new(self.str(n, "collection")?).map_err(bad)?;
+        let collection = self.str(n, "collection")?;
         let n = self.u16("key length")?.into();
-        let key = RecordKey::new(self.str(n, "key")?).map_err(bad)?;
-        Ok(RecordAddress {
-            collection: CollectionAddress {
-                service,
-                market,
-                bucket,
-                user,
-                collection,
-            },
+        let key = self.str(n, "key")?;
+        Ok(AddressView {
+            service,
+            market,
+            bucket,
+            user,
+            collection,
             key,
         })
     }
-    fn record(&mut self) -> Result<VersionedRecord, FrameError> {
-        let address = self.address()?;
-        let version = Version(self.u64("version")?);
+    /// A record's fields in place: the one reading of the record layout.
+    fn record_view(&mut self) -> Result<RecordView<'a>, FrameError> {
+        let address = self.address_view()?;
+        let version = self.u64("version")?;
         let value = match self.u8("live flag")? {
             0 => None,
             1 => {
                 let n = self.u32("value length")? as usize;
-                Some(Bytes::copy_from_slice(self.bytes(n, "value")?))
+                Some(self.bytes(n, "value")?)
             }
             other => return Err(malformed(format!("live flag {other}"))),
         };
-        Ok(VersionedRecord {
+        Ok(RecordView {
             address,
             version,
             value,
         })
+    }
+    fn address(&mut self) -> Result<RecordAddress, FrameError> {
+        self.address_view()?.to_owned()
+    }
+    fn record(&mut self) -> Result<VersionedRecord, FrameError> {
+        self.record_view()?.to_owned()
     }
     fn finish(&self, what: &str) -> Result<(), FrameError> {
         if self.0.is_empty() {
@@ -265,50 +270,63 @@ impl<'a> Reader<'a> {
 
 /// Decodes one RECORD frame's payload (as [`RawFrame::Record`] holds it), checking every id.
 pub fn decode_record(payload: &[u8]) -> Result<VersionedRecord, FrameError> {
-    let mut r = Reader(payload);
-    let record = r.record()?;
-    r.finish("record")?;
-    Ok(record)
+    view_record(payload)?.to_owned()
 }
 
-/// What a relay reads of a RECORD payload without copying it or checking its ids (its receiver
-/// decodes the record in full): the names are UTF-8 but not validated as ids.
+/// An address read in place: names UTF-8, not yet validated as ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecordView<'a> {
+pub struct AddressView<'a> {
+    pub service: &'a str,
+    pub market: [u8; 2],
+    pub bucket: u16,
     pub user: &'a str,
     pub collection: &'a str,
     pub key: &'a str,
+}
+
+impl AddressView<'_> {
+    /// The address with every id validated.
+    pub fn to_owned(&self) -> Result<RecordAddress, FrameError> {
+        let bad = |e: domicile_core::IdError| malformed(e.to_string());
+        Ok(RecordAddress {
+            collection: CollectionAddress {
+                service: ServiceName::new(self.service).map_err(bad)?,
+                market: Market::from_bytes(self.market).map_err(bad)?,
+                bucket: Bucket(self.bucket),
+                user: UserId::new(self.user).map_err(bad)?,
+                collection: CollectionName::new(self.collection).map_err(bad)?,
+            },
+            key: RecordKey::new(self.key).map_err(bad)?,
+        })
+    }
+}
+
+/// A RECORD payload read in place, without copying it or validating its ids: what a relay
+/// needs to pass a record on (its receiver decodes it in full, [`RecordView::to_owned`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub address: AddressView<'a>,
+    pub version: u64,
     pub value: Option<&'a [u8]>,
+}
+
+impl RecordView<'_> {
+    /// The record with every id validated and its value copied.
+    pub fn to_owned(&self) -> Result<VersionedRecord, FrameError> {
+        Ok(VersionedRecord {
+            address: self.address.to_owned()?,
+            version: Version(self.version),
+            value: self.value.map(Bytes::copy_from_slice),
+        })
+    }
 }
 
 /// Reads a RECORD payload's fields in place.
 pub fn view_record(payload: &[u8]) -> Result<RecordView<'_>, FrameError> {
     let mut r = Reader(payload);
-    let n = r.u8("service length")?.into();
-    r.bytes(n, "service")?;
-    r.bytes(2 + 2, "market and bucket")?;
-    let n = r.u8("user length")?.into();
-    let user = r.str(n, "user")?;
-    let n = r.u8("collection length")?.into();
-    let collection = r.str(n, "collection")?;
-    let n = r.u16("key length")?.into();
-    let key = r.str(n, "key")?;
-    r.u64("version")?;
-    let value = match r.u8("live flag")? {
-        0 => None,
-        1 => {
-            let n = r.u32("value length")? as usize;
-            Some(r.bytes(n, "value")?)
-        }
-        other => return Err(malformed(format!("live flag {other}"))),
-    };
+    let view = r.record_view()?;
     r.finish("record")?;
-    Ok(RecordView {
-        user,
-        collection,
-        key,
-        value,
-    })
+    Ok(view)
 }
 
 /// Appends a RECORD frame around `payload` (one [`RawFrame::Record`] passed on as it came).
@@ -641,7 +659,7 @@ pub(crate) mod tests {
                 }
             }
             let view = chunk.last().unwrap().unwrap();
-            prop_assert_eq!((view.user, view.key, view.value), (user.as_str(), key.as_str(), value.as_deref()));
+            prop_assert_eq!((view.address.user, view.address.key, view.value), (user.as_str(), key.as_str(), value.as_deref()));
             let (_, passed, _) = decode_all(&chunk.into_body()).unwrap();
             prop_assert_eq!(passed, frames);
         }

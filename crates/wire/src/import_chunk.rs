@@ -115,7 +115,7 @@ mod tests {
         assert_eq!(chunk.len(), 3);
         let last = chunk.last().unwrap().unwrap();
         assert_eq!(
-            (last.user, last.key, last.value),
+            (last.address.user, last.address.key, last.value),
             ("u-2", "c", Some(&b""[..]))
         );
         let views: Vec<_> = chunk
@@ -123,7 +123,7 @@ mod tests {
             .map(|p| frame::view_record(p).unwrap())
             .collect();
         assert_eq!(views[1].value, None);
-        assert_eq!(views[0].collection, "notes");
+        assert_eq!(views[0].address.collection, "notes");
         // Encoding the records here builds the same body as passing their frames on.
         let mut encoded = ImportChunk::with_capacity(0);
         records.iter().for_each(|r| encoded.push_record(r));
