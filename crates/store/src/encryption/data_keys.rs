@@ -6,12 +6,12 @@
 //! metadata so the wrapped bytes leave the engine's files.
 
 use super::EncryptionError;
+use super::data_key::DataKey;
 use super::keyring::KeyProvider;
 use super::seal::place;
 use crate::error::StoreError;
 use crate::record::CollectionAddress;
 use crate::store::RegionStore;
-use aws_lc_rs::aead::{AES_256_GCM, RandomizedNonceKey};
 use bytes::Bytes;
 use domicile_core::{Bucket, Market, Scope, ServiceName, UserId};
 use std::collections::HashMap;
@@ -72,7 +72,7 @@ impl DataKeyId {
 
 /// A data key as a batch of writes or imports gets it.
 pub struct BatchKey {
-    pub key: Arc<RandomizedNonceKey>,
+    pub key: Arc<DataKey>,
     /// The key's metadata put (name, wrapped key) while it is not known to be stored: the batch
     /// stores it in its own commit ([`RegionStore::write_with_meta`]), then tells
     /// [`DataKeys::settle`] how that went.
@@ -83,7 +83,7 @@ pub struct BatchKey {
 /// carries its put, so whichever commits first stores it; until one has, no other key can be
 /// made for its owner (it is not in the evictable cache, and makers look here first).
 struct UnstoredKey {
-    key: Arc<RandomizedNonceKey>,
+    key: Arc<DataKey>,
     wrapped: Bytes,
     /// Batches carrying it whose commits have not ended.
     batches: usize,
@@ -94,7 +94,7 @@ pub struct DataKeys {
     region: String,
     provider: Arc<dyn KeyProvider>,
     store: Arc<dyn RegionStore>,
-    cache: Mutex<HashMap<String, Arc<RandomizedNonceKey>>>,
+    cache: Mutex<HashMap<String, Arc<DataKey>>>,
     unstored: Mutex<HashMap<String, UnstoredKey>>,
     creating: Vec<tokio::sync::Mutex<()>>,
     /// Scrubs asked for, and the last ticket a finished scrub covered.
@@ -128,11 +128,11 @@ impl DataKeys {
         )
     }
 
-    fn cached(&self, name: &str) -> Option<Arc<RandomizedNonceKey>> {
+    fn cached(&self, name: &str) -> Option<Arc<DataKey>> {
         self.cache.lock().ok()?.get(name).cloned()
     }
 
-    fn remember(&self, name: String, key: Arc<RandomizedNonceKey>) {
+    fn remember(&self, name: String, key: Arc<DataKey>) {
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_KEYS {
                 // Drop an arbitrary eighth: cheap, and a dropped key only costs an unwrap.
@@ -154,20 +154,19 @@ impl DataKeys {
         &self.creating[Self::shard_of(name)]
     }
 
-    async fn load(&self, name: &str) -> Result<Option<Arc<RandomizedNonceKey>>, StoreError> {
+    async fn load(&self, name: &str) -> Result<Option<Arc<DataKey>>, StoreError> {
         let Some(wrapped) = self.store.load_meta(name).await? else {
             return Ok(None);
         };
         let secret = self.provider.unwrap(&wrapped, &self.context(name)).await?;
-        let key = RandomizedNonceKey::new(&AES_256_GCM, &secret)
-            .map_err(|_| EncryptionError::Crypto("AES-256-GCM key"))?;
+        let key = DataKey::new(secret.as_ref())?;
         let key = Arc::new(key);
         self.remember(name.to_string(), key.clone());
         Ok(Some(key))
     }
 
     /// A new random key for `name`, and its wrapped form.
-    async fn make(&self, name: &str) -> Result<(Arc<RandomizedNonceKey>, Bytes), StoreError> {
+    async fn make(&self, name: &str) -> Result<(Arc<DataKey>, Bytes), StoreError> {
         let mut secret = Zeroizing::new([0u8; 32]);
         aws_lc_rs::rand::fill(secret.as_mut())
             .map_err(|_| EncryptionError::Crypto("random data key"))?;
@@ -175,14 +174,13 @@ impl DataKeys {
             .provider
             .wrap(secret.as_ref(), &self.context(name))
             .await?;
-        let key = RandomizedNonceKey::new(&AES_256_GCM, secret.as_ref())
-            .map_err(|_| EncryptionError::Crypto("AES-256-GCM key"))?;
+        let key = DataKey::new(secret.as_ref())?;
         Ok((Arc::new(key), Bytes::from(wrapped)))
     }
 
     /// The unstored key of `name`, if a batch in flight made one; `join` counts one more batch
     /// carrying it.
-    fn unstored_key(&self, name: &str, join: bool) -> Option<(Arc<RandomizedNonceKey>, Bytes)> {
+    fn unstored_key(&self, name: &str, join: bool) -> Option<(Arc<DataKey>, Bytes)> {
         let mut unstored = self.unstored.lock().ok()?;
         let u = unstored.get_mut(name)?;
         if join {
@@ -193,10 +191,7 @@ impl DataKeys {
 
     /// The key to seal `owner`'s data with, made and stored durably if it has none (blobs,
     /// whose segments are stored before any record names them).
-    pub async fn for_write(
-        &self,
-        owner: &CollectionAddress,
-    ) -> Result<Arc<RandomizedNonceKey>, StoreError> {
+    pub async fn for_write(&self, owner: &CollectionAddress) -> Result<Arc<DataKey>, StoreError> {
         let name = DataKeyId::of(owner).name();
         if let Some(key) = self.cached(&name) {
             return Ok(key);
@@ -283,10 +278,7 @@ impl DataKeys {
     }
 
     /// The key `owner`'s data was sealed with; an error if it was destroyed (or never made).
-    pub async fn for_read(
-        &self,
-        owner: &CollectionAddress,
-    ) -> Result<Arc<RandomizedNonceKey>, StoreError> {
+    pub async fn for_read(&self, owner: &CollectionAddress) -> Result<Arc<DataKey>, StoreError> {
         let name = DataKeyId::of(owner).name();
         if let Some(key) = self.cached(&name) {
             return Ok(key);

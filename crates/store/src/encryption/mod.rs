@@ -12,12 +12,14 @@
 //! [`DataKeys::destroy_user`]) deletes the wrapped key durably and scrubs it from the engine's
 //! metadata files, so whatever sealed bytes remain anywhere can no longer be opened.
 
+mod data_key;
 mod data_keys;
 mod keyring;
 pub mod seal;
 mod sealed_blobs;
 mod sealed_store;
 
+pub use data_key::DataKey;
 pub use data_keys::{BatchKey, DataKeyId, DataKeys};
 pub use keyring::{KeyProvider, KeyringFile};
 pub(crate) use sealed_blobs::{BlobOpener, BlobSealer};

@@ -5,8 +5,9 @@
 //! Layout: `[format 1][nonce 12][ciphertext][tag 16]`.
 
 use super::EncryptionError;
+use super::data_key::DataKey;
 use crate::record::RecordAddress;
-use aws_lc_rs::aead::{Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
+use aws_lc_rs::aead::NONCE_LEN;
 use bytes::Bytes;
 
 const VALUE_FORMAT: u8 = 1;
@@ -42,37 +43,24 @@ pub fn record_place(address: &RecordAddress) -> Vec<u8> {
 }
 
 /// Seals `plaintext` into one buffer laid out as above: one allocation, one copy.
-pub fn seal_value(
-    key: &RandomizedNonceKey,
-    place: &[u8],
-    plaintext: &[u8],
-) -> Result<Bytes, EncryptionError> {
+pub fn seal_value(key: &DataKey, place: &[u8], plaintext: &[u8]) -> Result<Bytes, EncryptionError> {
     let mut out = Vec::with_capacity(plaintext.len() + VALUE_OVERHEAD);
     out.push(VALUE_FORMAT);
     out.extend_from_slice(&[0u8; NONCE_LEN]);
     out.extend_from_slice(plaintext);
-    let (nonce, tag) = key
-        .seal_in_place_separate_tag(Aad::from(place), &mut out[1 + NONCE_LEN..])
-        .map_err(|_| EncryptionError::Crypto("seal a value"))?;
-    out[1..1 + NONCE_LEN].copy_from_slice(nonce.as_ref());
+    let (nonce, tag) = key.seal_in_place_separate_tag(place, &mut out[1 + NONCE_LEN..])?;
+    out[1..1 + NONCE_LEN].copy_from_slice(&nonce);
     out.extend_from_slice(tag.as_ref());
     Ok(Bytes::from(out))
 }
 
-pub fn open_value(
-    key: &RandomizedNonceKey,
-    place: &[u8],
-    sealed: &[u8],
-) -> Result<Bytes, EncryptionError> {
+pub fn open_value(key: &DataKey, place: &[u8], sealed: &[u8]) -> Result<Bytes, EncryptionError> {
     if sealed.len() < VALUE_OVERHEAD || sealed[0] != VALUE_FORMAT {
         return Err(EncryptionError::Open("not a sealed value"));
     }
-    let nonce = Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN])
-        .map_err(|_| EncryptionError::Open("bad nonce"))?;
     let mut body = sealed[1 + NONCE_LEN..].to_vec();
     let len = key
-        .open_in_place(nonce, Aad::from(place), &mut body)
-        .map_err(|_| EncryptionError::Open("authentication failed"))?
+        .open_in_place(&sealed[1..1 + NONCE_LEN], place, &mut body)?
         .len();
     body.truncate(len);
     Ok(Bytes::from(body))
@@ -81,12 +69,11 @@ pub fn open_value(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_lc_rs::aead::AES_256_GCM;
 
     #[test]
     fn a_value_opens_only_at_its_place_and_under_its_key() {
-        let key = RandomizedNonceKey::new(&AES_256_GCM, &[3u8; 32]).unwrap();
-        let other = RandomizedNonceKey::new(&AES_256_GCM, &[4u8; 32]).unwrap();
+        let key = DataKey::new(&[3u8; 32]).unwrap();
+        let other = DataKey::new(&[4u8; 32]).unwrap();
         let here = place("t", &[b"alice", b"notes", b"n1"]);
         let there = place("t", &[b"alice", b"notes", b"n2"]);
         let sealed = seal_value(&key, &here, b"canary").unwrap();

@@ -8,9 +8,10 @@
 //! segment but the last holds exactly [`SEGMENT`] plaintext bytes, the last 0..=[`SEGMENT`].
 
 use super::EncryptionError;
+use super::data_key::DataKey;
 use super::seal::place;
 use crate::record::CollectionAddress;
-use aws_lc_rs::aead::{Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
+use aws_lc_rs::aead::NONCE_LEN;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
@@ -38,7 +39,7 @@ fn segment_place(owner: &CollectionAddress, id: &[u8], index: u64, last: bool) -
 
 /// Seals a blob's plaintext as it arrives.
 pub(crate) struct BlobSealer {
-    key: Arc<RandomizedNonceKey>,
+    key: Arc<DataKey>,
     owner: CollectionAddress,
     id: [u8; ID_LEN],
     index: u64,
@@ -47,10 +48,7 @@ pub(crate) struct BlobSealer {
 }
 
 impl BlobSealer {
-    pub fn new(
-        key: Arc<RandomizedNonceKey>,
-        owner: CollectionAddress,
-    ) -> Result<Self, EncryptionError> {
+    pub fn new(key: Arc<DataKey>, owner: CollectionAddress) -> Result<Self, EncryptionError> {
         let mut id = [0u8; ID_LEN];
         aws_lc_rs::rand::fill(&mut id).map_err(|_| EncryptionError::Crypto("random blob id"))?;
         Ok(Self {
@@ -70,15 +68,15 @@ impl BlobSealer {
             out.extend_from_slice(&self.id);
             self.header_sent = true;
         }
-        let mut body = plain.to_vec();
-        body.reserve(TAG_LEN);
         let aad = segment_place(&self.owner, &self.id, self.index, last);
-        let nonce = self
+        let at = out.len();
+        out.extend_from_slice(&[0u8; NONCE_LEN]);
+        out.extend_from_slice(plain);
+        let (nonce, tag) = self
             .key
-            .seal_in_place_append_tag(Aad::from(aad), &mut body)
-            .map_err(|_| EncryptionError::Crypto("seal a blob segment"))?;
-        out.extend_from_slice(nonce.as_ref());
-        out.extend_from_slice(&body);
+            .seal_in_place_separate_tag(&aad, &mut out[at + NONCE_LEN..])?;
+        out[at..at + NONCE_LEN].copy_from_slice(&nonce);
+        out.extend_from_slice(tag.as_ref());
         self.index += 1;
         Ok(Bytes::from(out))
     }
@@ -104,7 +102,7 @@ impl BlobSealer {
 
 /// Opens a sealed blob as its bytes arrive.
 pub(crate) struct BlobOpener {
-    key: Arc<RandomizedNonceKey>,
+    key: Arc<DataKey>,
     owner: CollectionAddress,
     id: Option<[u8; ID_LEN]>,
     index: u64,
@@ -112,7 +110,7 @@ pub(crate) struct BlobOpener {
 }
 
 impl BlobOpener {
-    pub fn new(key: Arc<RandomizedNonceKey>, owner: CollectionAddress) -> Self {
+    pub fn new(key: Arc<DataKey>, owner: CollectionAddress) -> Self {
         Self {
             key,
             owner,
@@ -130,13 +128,11 @@ impl BlobOpener {
             return Err(EncryptionError::Open("blob truncated"));
         }
         let (nonce, body) = sealed.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce)
-            .map_err(|_| EncryptionError::Open("bad nonce"))?;
         let mut body = body.to_vec();
         let aad = segment_place(&self.owner, &id, self.index, last);
         let len = self
             .key
-            .open_in_place(nonce, Aad::from(aad), &mut body)
+            .open_in_place(nonce, &aad, &mut body)
             .map_err(|_| EncryptionError::Open("a blob segment failed authentication"))?
             .len();
         body.truncate(len);
@@ -177,7 +173,6 @@ impl BlobOpener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_lc_rs::aead::AES_256_GCM;
     use domicile_core::{BucketCount, CollectionName, Market, ServiceName, UserId};
 
     fn owner(user: &str) -> CollectionAddress {
@@ -190,11 +185,11 @@ mod tests {
         )
     }
 
-    fn key() -> Arc<RandomizedNonceKey> {
-        Arc::new(RandomizedNonceKey::new(&AES_256_GCM, &[9u8; 32]).unwrap())
+    fn key() -> Arc<DataKey> {
+        Arc::new(DataKey::new(&[9u8; 32]).unwrap())
     }
 
-    fn seal(key: &Arc<RandomizedNonceKey>, plain: &[u8], pieces: usize) -> Vec<u8> {
+    fn seal(key: &Arc<DataKey>, plain: &[u8], pieces: usize) -> Vec<u8> {
         let mut s = BlobSealer::new(key.clone(), owner("alice")).unwrap();
         let mut out = Vec::new();
         for piece in plain.chunks(pieces.max(1)) {
@@ -207,7 +202,7 @@ mod tests {
     }
 
     fn open(
-        key: &Arc<RandomizedNonceKey>,
+        key: &Arc<DataKey>,
         user: &str,
         sealed: &[u8],
         pieces: usize,
@@ -266,7 +261,7 @@ mod tests {
         swapped.extend_from_slice(&sealed[HEADER..HEADER + SEALED_SEGMENT]);
         swapped.extend_from_slice(&sealed[HEADER + 2 * SEALED_SEGMENT..]);
         assert!(open(&k, "alice", &swapped, 4096).is_err());
-        let other = Arc::new(RandomizedNonceKey::new(&AES_256_GCM, &[8u8; 32]).unwrap());
+        let other = Arc::new(DataKey::new(&[8u8; 32]).unwrap());
         assert!(open(&other, "alice", &sealed, 4096).is_err());
     }
 }

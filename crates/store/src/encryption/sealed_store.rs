@@ -3,6 +3,7 @@
 //! and ordering work as on the bare engine; digests are over plaintext, so an encrypted region
 //! and any other agree on the same data whatever their keys.
 
+use super::data_key::DataKey;
 use super::seal::{VALUE_OVERHEAD, open_value, record_place, seal_value};
 use super::{BatchKey, DataKeyId, DataKeys};
 use crate::digest::{BucketDigest, BucketDigester};
@@ -13,7 +14,6 @@ use crate::record::{
 };
 use crate::store::{MetaPuts, RegionStore, SnapshotScan};
 use async_trait::async_trait;
-use aws_lc_rs::aead::RandomizedNonceKey;
 use bytes::Bytes;
 use domicile_core::{BucketCount, Market, RecordKey, Scope, ServiceName, UserId, Version};
 use futures::StreamExt;
@@ -111,14 +111,14 @@ async fn keys_of<'a>(
 
 /// A batch's data keys by owner, remembering the last one asked for.
 struct BatchKeys {
-    keys: HashMap<DataKeyId, Arc<RandomizedNonceKey>>,
+    keys: HashMap<DataKeyId, Arc<DataKey>>,
     /// Puts of the new keys among them, for the batch's commit.
     unstored: MetaPuts,
-    last: Option<(DataKeyId, Arc<RandomizedNonceKey>)>,
+    last: Option<(DataKeyId, Arc<DataKey>)>,
 }
 
 impl BatchKeys {
-    fn key_of(&mut self, owner: &CollectionAddress) -> Result<Arc<RandomizedNonceKey>, StoreError> {
+    fn key_of(&mut self, owner: &CollectionAddress) -> Result<Arc<DataKey>, StoreError> {
         if let Some((id, key)) = &self.last
             && id.owns(owner)
         {
