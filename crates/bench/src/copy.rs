@@ -245,7 +245,7 @@ async fn start(
     region: &str,
     store: &str,
     dir: &Path,
-    tls: &domicile_tls::ServerTransport,
+    tls: &domicile_tls::RoleTls,
     stop: &tokio::sync::watch::Sender<bool>,
     encrypted: bool,
 ) -> Result<(String, RunningNode), BenchError> {
@@ -260,10 +260,11 @@ async fn start(
             .map_err(|e| BenchError::Task(e.to_string()))?;
         domicile_region::NodeState::new(config, id, engine, blobs).await?
     };
-    let node = BoundNode::bind(state, "127.0.0.1:0").await?;
-    let url = format!("{}://{}", tls.scheme(), node.local_addr()?);
+    // A target pulls from its source as a cluster member.
+    let node = BoundNode::bind(state.with_peer_transport(&tls.client), "127.0.0.1:0").await?;
+    let url = format!("{}://{}", tls.server.scheme(), node.local_addr()?);
     let mut rx = stop.subscribe();
-    let tls = tls.clone();
+    let tls = tls.server.clone();
     let served = tokio::spawn(async move {
         let stopped = async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -303,9 +304,8 @@ pub async fn run_copy_bench(
     let certs = dir.join("tls");
     let tls_error = |e: domicile_tls::TlsError| BenchError::Task(e.to_string());
     domicile_tls::certs::ensure(&certs).map_err(tls_error)?;
-    let server = domicile_tls::RoleTls::load(&certs, domicile_tls::Role::Region)
-        .map_err(tls_error)?
-        .server;
+    let region_tls =
+        domicile_tls::RoleTls::load(&certs, domicile_tls::Role::Region).map_err(tls_error)?;
     let client = domicile_tls::RoleTls::load(&certs, domicile_tls::Role::Client)
         .map_err(tls_error)?
         .client;
@@ -327,7 +327,7 @@ pub async fn run_copy_bench(
             let config = domicile_core::ClusterConfig::from_toml(&config_text)
                 .map_err(|e| BenchError::Task(format!("the nodes' config: {e}")))?;
             let node =
-                |region, store| start(&config, region, store, dir, &server, &stop, *encrypted);
+                |region, store| start(&config, region, store, dir, &region_tls, &stop, *encrypted);
             (
                 node("cn-beijing", &source_store.spec).await?,
                 node("ap-mumbai", &target_store.spec).await?,

@@ -4,9 +4,10 @@
 use crate::region::RegionClient;
 use crate::{ClientError, check, json, send};
 use domicile_store::{BucketDigest, Change, CollectionAddress, Lsn, VersionedRecord};
-use domicile_wire::api::{DigestResponse, ImportResponse, PurgeResponse, ScopeRequest};
+use domicile_wire::api::{
+    DigestResponse, ImportResponse, PullNext, PullRequest, PullStarted, PurgeResponse, ScopeRequest,
+};
 use domicile_wire::frame::{self, Decoder, Frame, RawFrame, StreamKind};
-use domicile_wire::import_chunk::ImportChunk;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use std::time::Duration;
@@ -29,8 +30,8 @@ pub struct SnapshotReader {
     body: BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     decoder: Decoder,
     done: bool,
-    /// Room to give the next [`ImportChunk`]: the last one's size, so a chunk's body is
-    /// allocated once instead of grown (and copied) from empty.
+    /// Room to give the next batch of records: the last one's length, so its vector is
+    /// allocated once instead of grown from empty.
     chunk_capacity: usize,
 }
 
@@ -40,35 +41,27 @@ impl SnapshotReader {
         &mut self,
         max: usize,
     ) -> Result<Option<Vec<VersionedRecord>>, ClientError> {
-        let mut out = Vec::new();
-        while out.len() < max {
-            let Some(payload) = self.next_record().await? else {
-                break;
-            };
-            out.push(frame::decode_record(&payload).map_err(|e| self.bad(e.to_string()))?);
-        }
-        Ok((!out.is_empty()).then_some(out))
+        self.next_records(max, usize::MAX).await
     }
 
-    /// The next records as an import body, passed on undecoded (the importing node decodes and
-    /// checks them): up to `max_records`, and no more once the body holds `max_bytes`; `None`
-    /// once the stream has ended.
-    pub async fn next_chunk(
+    /// The next records, decoded: up to `max_records`, and no more once their frames hold
+    /// `max_bytes`; `None` once the stream has ended.
+    pub async fn next_records(
         &mut self,
         max_records: usize,
         max_bytes: usize,
-    ) -> Result<Option<ImportChunk>, ClientError> {
-        let mut chunk = ImportChunk::with_capacity(self.chunk_capacity.min(max_bytes));
-        while chunk.len() < max_records as u64 && chunk.body_len() < max_bytes {
+    ) -> Result<Option<Vec<VersionedRecord>>, ClientError> {
+        let mut out = Vec::with_capacity(self.chunk_capacity.min(max_records));
+        let mut size = 0;
+        while out.len() < max_records && size < max_bytes {
             let Some(payload) = self.next_record().await? else {
                 break;
             };
-            chunk.push(&payload);
+            size += payload.len();
+            out.push(frame::decode_record(&payload).map_err(|e| self.bad(e.to_string()))?);
         }
-        self.chunk_capacity = self
-            .chunk_capacity
-            .max(chunk.body_len() + chunk.body_len() / 8);
-        Ok((!chunk.is_empty()).then_some(chunk))
+        self.chunk_capacity = self.chunk_capacity.max(out.len());
+        Ok((!out.is_empty()).then_some(out))
     }
 
     /// The next RECORD frame's payload, reading on as needed; `None` at the END frame.
@@ -222,20 +215,19 @@ impl RegionClient {
         scope: &ScopeRequest,
         records: &[VersionedRecord],
     ) -> Result<ImportResponse, ClientError> {
-        let size = records.iter().map(domicile_store::chunk_weight).sum();
-        let mut chunk = ImportChunk::with_capacity(size);
+        let size: usize = records.iter().map(domicile_store::chunk_weight).sum();
+        let mut body = bytes::BytesMut::with_capacity(size + frame::HEADER_LEN + 64);
+        frame::encode_header(
+            &mut body,
+            frame::Header {
+                kind: StreamKind::Import,
+                lsn: Lsn(0),
+            },
+        );
         for r in records {
-            chunk.push_record(r);
+            frame::encode_record(&mut body, r);
         }
-        self.import_chunk(scope, chunk).await
-    }
-
-    /// Imports a chunk of records passed on from a snapshot stream.
-    pub async fn import_chunk(
-        &self,
-        scope: &ScopeRequest,
-        chunk: ImportChunk,
-    ) -> Result<ImportResponse, ClientError> {
+        frame::encode_end(&mut body, Lsn(0), records.len() as u64);
         let url = format!(
             "{}?service={}&market={}",
             self.url("/internal/import"),
@@ -249,7 +241,7 @@ impl RegionClient {
                 reqwest::header::CONTENT_TYPE,
                 domicile_wire::api::STREAM_CONTENT_TYPE,
             )
-            .body(chunk.into_body());
+            .body(body.freeze());
         json(&url, send(&url, request).await?).await
     }
 
@@ -297,6 +289,50 @@ impl RegionClient {
             return Ok(false);
         }
         check(&url, response).await.map(|_| true)
+    }
+
+    /// The node's base URL, as this client reaches it.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Asks this node (a move's target) to pull a snapshot of `request.scope` from the source.
+    pub async fn pull_start(&self, request: &PullRequest) -> Result<PullStarted, ClientError> {
+        self.post_json("/internal/pull", request).await
+    }
+
+    /// The next chunk this node imported for pull `session`; `None` once the snapshot ended.
+    pub async fn pull_next(
+        &self,
+        session: u64,
+    ) -> Result<Option<domicile_wire::api::PulledChunk>, ClientError> {
+        let next: PullNext = self
+            .post_json(&format!("/internal/pull/{session}/next"), &())
+            .await?;
+        Ok(next.chunk)
+    }
+
+    /// Ends pull `session` at this node (a copy given up); an unknown session is no error.
+    pub async fn pull_close(&self, session: u64) -> Result<(), ClientError> {
+        let url = self.url(&format!("/internal/pull/{session}"));
+        match send(&url, self.http.delete(&url)).await {
+            Ok(_) | Err(ClientError::Status { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A blob's plaintext from this node, as it arrives.
+    pub async fn blob_stream(
+        &self,
+        owner: &CollectionAddress,
+        hash: &str,
+    ) -> Result<BoxStream<'static, Result<bytes::Bytes, String>>, ClientError> {
+        let url = self.blob_url(owner, hash);
+        let response = send(&url, self.http.get(&url)).await?;
+        Ok(response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(|e| e.to_string()))
+            .boxed())
     }
 
     /// Streams a blob from this node into `target` (opened here, sealed there); returns its

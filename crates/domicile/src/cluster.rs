@@ -107,7 +107,8 @@ impl Cluster {
         for region in &config.regions {
             let state = domicile_region::open(config, &region.id, data_dir)
                 .await
-                .with_context(|| format!("open region {}", region.id))?;
+                .with_context(|| format!("open region {}", region.id))?
+                .with_peer_transport(&region_tls.client);
             let node = BoundNode::bind(state, "127.0.0.1:0").await?;
             urls.insert(region.id.clone(), format!("https://{}", node.local_addr()?));
             bound.push(node);

@@ -51,7 +51,9 @@ pub async fn run(args: RegionArgs) -> Result<()> {
     };
     let state = domicile_region::open(&cluster, &region, &base)
         .await
-        .with_context(|| format!("open region {region}"))?;
+        .with_context(|| format!("open region {region}"))?
+        // As a move's target it pulls from the source as a cluster member.
+        .with_peer_transport(&tls.client);
     let node = BoundNode::bind(state, &listen).await?;
     let url = format!("{}://{}", tls.server.scheme(), node.local_addr()?);
     let ready = serde_json::json!({ "region": region, "url": url });

@@ -5,24 +5,23 @@ use domicile_client::ClientError;
 use domicile_client::region::RegionClient;
 use domicile_core::Version;
 use domicile_core::{
-    Bucket, BucketCount, BucketSet, CollectionKind, CollectionName, Schema, ServiceName, UserId,
+    Bucket, BucketCount, BucketSet, CollectionKind, CollectionName, Schema, ServiceName,
 };
 use domicile_store::RecordAddress;
 use domicile_store::{BlobRef, Lsn, VersionedRecord};
 use domicile_wire::api::ImportResponse;
-use domicile_wire::api::ScopeRequest;
-use domicile_wire::frame::{self, FrameError};
-use domicile_wire::import_chunk::ImportChunk;
+use domicile_wire::api::{PullRequest, ScopeRequest};
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
-/// Records per import request: one atomic batch at the target, and one checkpoint.
+/// Records per import request of a catch-up, drain or repair (a copy's chunks are the target's:
+/// `domicile_region::pull::CHUNK_RECORDS`, the same size).
 pub const CHUNK: usize = 10_000;
 
-/// A chunk's import body stops growing at this size (it may pass it by one record): a region
-/// node refuses import bodies over 128 MiB, and a copy's memory stays bounded when records are
-/// large (10,000 records of 1 MiB would be 10 GiB).
+/// An import body stops growing at this size (it may pass it by one record): a region node
+/// refuses import bodies over 128 MiB, and memory stays bounded when records are large
+/// (10,000 records of 1 MiB would be 10 GiB).
 pub const CHUNK_BYTES: usize = 8 << 20;
 
 #[derive(Debug, Error)]
@@ -37,8 +36,6 @@ pub enum MoveError {
     Blob(ClientError),
     #[error("source record {0} holds no blob reference")]
     BlobRef(String),
-    #[error("source sent a malformed record: {0}")]
-    SourceRecord(FrameError),
 }
 
 /// One chunk of a copy, imported at the target.
@@ -118,21 +115,9 @@ pub fn blob_collections(schema: &Schema, service: &ServiceName) -> BTreeSet<Coll
 /// Blobs copied at once while a chunk's records wait for them.
 const BLOBS_IN_FLIGHT: usize = 8;
 
-/// Chunk imports a copy keeps going at once: the target seals and decodes one while it commits
-/// the other, and both often share one commit.
-const IMPORTS_IN_FLIGHT: usize = 2;
-
-/// A record's size as a move reports it: its user, collection and key, its version, its value.
-fn record_bytes(r: &frame::RecordView<'_>) -> u64 {
-    let a = &r.address;
-    (a.user.len() + a.collection.len() + a.key.len() + 8) as u64
-        + r.value.map_or(0, |v| v.len() as u64)
-}
-
 impl Mover {
-    /// Copies a consistent snapshot of the scope, in chunks of [`CHUNK`] records; reading the
-    /// next chunk from the source overlaps importing the current one at the target.
-    /// `progress` is told the records copied so far after every chunk.
+    /// Copies a consistent snapshot of the scope: the target pulls it from the source chunk by
+    /// chunk (decision 0016). `progress` is told the records copied so far after every chunk.
     pub async fn copy(&self, progress: impl Fn(u64) + Send) -> Result<CopyReport, MoveError> {
         let unlimited = Throttle::new(None);
         let mut run = self.start_copy(&self.scope).await?;
@@ -142,44 +127,27 @@ impl Mover {
         run.finish().await
     }
 
-    /// Starts copying `scope` (a part of this mover's scope): the caller takes the chunks one
-    /// by one ([`CopyRun::next_chunk`]), checkpointing between them.
+    /// Starts copying `scope` (a part of this mover's scope): the target opens a snapshot at the
+    /// source and imports it ahead; the caller takes the chunks one by one
+    /// ([`CopyRun::next_chunk`]), checkpointing between them.
     pub async fn start_copy(&self, scope: &ScopeRequest) -> Result<CopyRun<'_>, MoveError> {
         let started = Instant::now();
-        let mut reader = self
-            .source
-            .snapshot(scope)
+        let pull = self
+            .target
+            .pull_start(&PullRequest {
+                source: self.source.base().to_string(),
+                scope: scope.clone(),
+            })
             .await
-            .map_err(MoveError::Source)?;
-        let report = CopyReport {
-            snapshot_lsn: reader.lsn,
-            ..CopyReport::default()
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let read = tokio::spawn(async move {
-            loop {
-                match reader.next_chunk(CHUNK, CHUNK_BYTES).await {
-                    Ok(Some(chunk)) => {
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                }
-            }
-        });
+            .map_err(MoveError::Target)?;
         Ok(CopyRun {
             mover: self,
-            scope: scope.clone(),
-            rx,
-            read,
-            in_flight: std::collections::VecDeque::new(),
-            read_all: false,
-            report,
+            session: pull.session,
+            ended: false,
+            report: CopyReport {
+                snapshot_lsn: Lsn(pull.snapshot_lsn),
+                ..CopyReport::default()
+            },
             started,
         })
     }
@@ -297,51 +265,6 @@ impl Mover {
             outcome.skipped += done.skipped;
         }
         Ok((outcome, copied))
-    }
-
-    /// Imports one chunk of a snapshot, passed on undecoded, as [`Mover::import`] does records.
-    async fn import_chunk(
-        &self,
-        scope: &ScopeRequest,
-        chunk: ImportChunk,
-    ) -> Result<ChunkTotals, MoveError> {
-        let (mut bytes, mut blobs) = (0u64, Vec::new());
-        for payload in chunk.payloads() {
-            let view = frame::view_record(payload).map_err(MoveError::SourceRecord)?;
-            bytes += record_bytes(&view);
-            if let Some(value) = view.value
-                && self
-                    .blob_collections
-                    .iter()
-                    .any(|c| c.as_str() == view.address.collection)
-            {
-                // Blob records are few: decode them in full for their owner and reference.
-                let r = view.to_owned().map_err(MoveError::SourceRecord)?;
-                let hash = blob_hash(&r, value)?;
-                blobs.push((r.address.collection, hash));
-            }
-        }
-        let last_bucket = match chunk.last() {
-            Some(view) => {
-                let user = UserId::new(view.map_err(MoveError::SourceRecord)?.address.user)
-                    .map_err(|e| MoveError::SourceRecord(FrameError::Malformed(e.to_string())))?;
-                u32::from(self.buckets.bucket_of(&user).0)
-            }
-            None => 0,
-        };
-        let records = chunk.len();
-        let blob_bytes = self.carry_blobs(&blobs).await?;
-        let outcome = self
-            .target
-            .import_chunk(scope, chunk)
-            .await
-            .map_err(MoveError::Target)?;
-        Ok(ChunkTotals {
-            records,
-            bytes: bytes + blob_bytes,
-            applied: outcome.applied,
-            last_bucket,
-        })
     }
 
     /// Copies the blobs named, a few at once; returns the bytes copied.
@@ -497,55 +420,36 @@ fn blob_hash(r: &VersionedRecord, value: &[u8]) -> Result<String, MoveError> {
     Ok(blob.hash)
 }
 
-/// A copy under way: its snapshot is read ahead while the caller imports chunk by chunk, up to
-/// [`IMPORTS_IN_FLIGHT`] chunks at once, reported in snapshot order.
+/// A copy under way: the target pulls the snapshot ahead of the caller, who takes its chunks
+/// in snapshot order.
 pub struct CopyRun<'a> {
     mover: &'a Mover,
-    scope: ScopeRequest,
-    rx: tokio::sync::mpsc::Receiver<Result<ImportChunk, ClientError>>,
-    read: tokio::task::JoinHandle<()>,
-    in_flight: std::collections::VecDeque<tokio::task::JoinHandle<ImportedChunk>>,
-    /// The snapshot has ended: nothing more to start.
-    read_all: bool,
+    /// The target's pull session.
+    session: u64,
+    /// The target reported the snapshot's end (and closed the session).
+    ended: bool,
     report: CopyReport,
     started: Instant,
 }
 
-/// What one chunk's import did.
-type ImportedChunk = Result<ChunkTotals, MoveError>;
-
-struct ChunkTotals {
-    records: u64,
-    bytes: u64,
-    applied: u64,
-    /// The bucket of the chunk's last record.
-    last_bucket: u32,
-}
-
 impl CopyRun<'_> {
-    /// Imports the next chunk at the target (paced by `throttle`); `None` once the snapshot has
-    /// ended and every chunk is in. Chunks after it may already be importing: a checkpoint
-    /// after this one is still exact, and a resumed copy imports them again (idempotent).
+    /// The next chunk, once the target has it durably (then paced by `throttle`); `None` once
+    /// the snapshot has ended and every chunk is in. Chunks after it may already be importing:
+    /// a checkpoint after this one is still exact, and a resumed copy imports them again
+    /// (idempotent).
     pub async fn next_chunk(
         &mut self,
         throttle: &Throttle,
     ) -> Result<Option<ChunkDone>, MoveError> {
-        while !self.read_all && self.in_flight.len() < IMPORTS_IN_FLIGHT {
-            let Some(chunk) = self.rx.recv().await else {
-                self.read_all = true;
-                break;
-            };
-            let chunk = chunk.map_err(MoveError::Source)?;
-            throttle.take(chunk.len()).await;
-            let (mover, scope) = (self.mover.clone(), self.scope.clone());
-            self.in_flight.push_back(tokio::spawn(async move {
-                mover.import_chunk(&scope, chunk).await
-            }));
+        if self.ended {
+            return Ok(None);
         }
-        let Some(import) = self.in_flight.pop_front() else {
+        let next = self.mover.target.pull_next(self.session).await;
+        let Some(chunk) = next.map_err(MoveError::Target)? else {
+            self.ended = true;
             return Ok(None);
         };
-        let chunk = import.await.map_err(|e| MoveError::Task(e.to_string()))??;
+        throttle.take(chunk.records).await;
         let r = &mut self.report;
         r.records += chunk.records;
         r.bytes += chunk.bytes;
@@ -566,19 +470,25 @@ impl CopyRun<'_> {
 
     /// The totals, once every chunk was taken.
     pub async fn finish(mut self) -> Result<CopyReport, MoveError> {
-        (&mut self.read)
-            .await
-            .map_err(|e| MoveError::Task(e.to_string()))?;
         self.report.seconds = self.started.elapsed().as_secs_f64();
         Ok(std::mem::take(&mut self.report))
     }
 }
 
 impl Drop for CopyRun<'_> {
-    /// A copy given up (an error, a pause) leaves no import running behind it.
+    /// A copy given up (an error, a pause) ends its pull at the target, which stops reading and
+    /// importing (if this cannot reach it, the session ends when nobody asks for a chunk).
     fn drop(&mut self) {
-        for import in &self.in_flight {
-            import.abort();
+        if self.ended {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (target, session) = (self.mover.target.clone(), self.session);
+            runtime.spawn(async move {
+                if let Err(e) = target.pull_close(session).await {
+                    tracing::warn!(session, error = %e, "could not close a pull at the target");
+                }
+            });
         }
     }
 }

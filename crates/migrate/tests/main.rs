@@ -34,7 +34,8 @@ async fn node(region: &str, dir: &std::path::Path) -> (String, Arc<NodeState>) {
         &dir.join(format!("{region}-keyring.json")),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .with_peer_transport(&tls(dir, domicile_tls::Role::Region).client);
     let bound = BoundNode::bind(state, "127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", bound.local_addr().unwrap());
     let state = bound.state();

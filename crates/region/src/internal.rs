@@ -44,7 +44,7 @@ fn stream_response(body: Body) -> Response {
         .into_response()
 }
 
-fn scope_of(state: &NodeState, req: ScopeRequest) -> Result<Scope, ApiError> {
+pub(crate) fn scope_of(state: &NodeState, req: ScopeRequest) -> Result<Scope, ApiError> {
     req.buckets
         .check(state.buckets)
         .map_err(|e| ApiError::bad("invalid_buckets", e.to_string()))?;
@@ -181,7 +181,7 @@ pub async fn import(
     // Nothing crosses a border the policy forbids: checked before a byte is read.
     state.check_residency(q.market, &q.service)?;
     let bytes = request::body(body, MAX_IMPORT_BYTES).await?;
-    let records = import_records(&state, &q, &bytes)?;
+    let records = import_records(&state, &q.service, q.market, &bytes)?;
     let outcome = state.store.import(records).await?;
     state.metrics.records_imported.inc_by(outcome.applied);
     Ok(Json(outcome.into()))
@@ -190,7 +190,8 @@ pub async fn import(
 /// An import stream's records, each checked against the import's scope and the node's limits.
 fn import_records(
     state: &NodeState,
-    q: &ImportQuery,
+    service: &ServiceName,
+    market: Market,
     bytes: &[u8],
 ) -> Result<Vec<VersionedRecord>, ApiError> {
     let malformed = |e: frame::FrameError| ApiError::bad("malformed_stream", e.to_string());
@@ -202,7 +203,7 @@ fn import_records(
         ));
     }
     let mut records: Vec<VersionedRecord> = Vec::with_capacity(frames.len());
-    let mut bucket_checked: Option<(domicile_core::UserId, domicile_core::Bucket)> = None;
+    let mut check = ImportCheck::new(state, service, market);
     for f in frames {
         let Frame::Record(r) = f else {
             return Err(ApiError::bad(
@@ -210,25 +211,56 @@ fn import_records(
                 "an import stream carries only records",
             ));
         };
+        check.record(&r)?;
+        records.push(r);
+    }
+    Ok(records)
+}
+
+/// The checks every imported record passes, wherever it came from: an import request or a
+/// pull from a source node.
+pub(crate) struct ImportCheck<'a> {
+    state: &'a NodeState,
+    service: &'a ServiceName,
+    market: Market,
+    /// The last user whose bucket was checked, and that bucket.
+    bucket_checked: Option<(domicile_core::UserId, domicile_core::Bucket)>,
+}
+
+impl<'a> ImportCheck<'a> {
+    pub(crate) fn new(state: &'a NodeState, service: &'a ServiceName, market: Market) -> Self {
+        Self {
+            state,
+            service,
+            market,
+            bucket_checked: None,
+        }
+    }
+
+    /// Refuses a record outside the import's service and market, of an undeclared collection,
+    /// in the wrong bucket for its user, or over the node's record size limit.
+    pub(crate) fn record(&mut self, r: &VersionedRecord) -> Result<(), ApiError> {
+        let (state, service, market) = (self.state, self.service, self.market);
         let c = &r.address.collection;
-        if c.service != q.service || c.market != q.market {
+        if c.service != *service || c.market != market {
             return Err(ApiError::bad(
                 "scope_mismatch",
                 format!(
-                    "record of {}/{} in an import for {}/{}",
-                    c.service, c.market, q.service, q.market
+                    "record of {}/{} in an import for {service}/{market}",
+                    c.service, c.market
                 ),
             ));
         }
         // Declared collections of the service, and its consent records (`_consents`).
-        if !state.schema.stores_in(&c.collection, &q.service) {
+        if !state.schema.stores_in(&c.collection, service) {
             return Err(ApiError::bad(
                 "scope_mismatch",
-                format!("collection {} is not part of {}", c.collection, q.service),
+                format!("collection {} is not part of {service}", c.collection),
             ));
         }
         // A user's records come together: their bucket is hashed once per user, not per record.
-        let checked = bucket_checked
+        let checked = self
+            .bucket_checked
             .as_ref()
             .is_some_and(|(user, bucket)| *user == c.user && *bucket == c.bucket);
         if !checked {
@@ -238,7 +270,7 @@ fn import_records(
                     format!("user {} is not in bucket {}", c.user, c.bucket),
                 ));
             }
-            bucket_checked = Some((c.user.clone(), c.bucket));
+            self.bucket_checked = Some((c.user.clone(), c.bucket));
         }
         if r.value
             .as_ref()
@@ -248,9 +280,8 @@ fn import_records(
                 limit: state.limits.max_record_bytes,
             });
         }
-        records.push(r);
+        Ok(())
     }
-    Ok(records)
 }
 
 /// `POST /internal/digest` `{service, market, buckets}` → one digest per bucket.
@@ -378,6 +409,8 @@ pub async fn purge(
     let req: ScopeRequest = request::json(&request::body(body, 1 << 20).await?)?;
     let scope = scope_of(&state, req)?;
     let purging = state.start_purge(&scope).await?;
+    // A pull of the scope (a copy given up) writes nothing once the purge has begun.
+    state.pulls.end_overlapping(&scope).await;
     let started = std::time::Instant::now();
     let records = state.store.purge(&scope).await?;
     let records_ms = started.elapsed().as_millis() as u64;

@@ -19,6 +19,7 @@ pub mod internal;
 pub mod metrics;
 pub mod ownership;
 pub mod public;
+pub mod pull;
 pub mod state;
 
 use axum::Router;
@@ -125,6 +126,12 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/internal/snapshot", post(internal::snapshot))
         .route("/internal/changes", get(internal::changes))
         .route("/internal/import", post(internal::import))
+        .route("/internal/pull", post(pull::start))
+        .route("/internal/pull/{session}/next", post(pull::next))
+        .route(
+            "/internal/pull/{session}",
+            axum::routing::delete(pull::close),
+        )
         .route("/internal/digest", post(internal::digest))
         .route("/internal/fence", post(internal::fence))
         .route("/internal/unfence", post(internal::unfence))
@@ -149,6 +156,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
 
 async fn render_metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
     state.metrics.last_lsn.set(state.store.last_lsn().0);
+    state.metrics.pull_sessions.set(state.pulls.len() as u64);
     let ct = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
     ([(header::CONTENT_TYPE, ct)], state.metrics.render())
 }

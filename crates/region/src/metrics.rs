@@ -33,6 +33,8 @@ pub struct NodeMetrics {
     pub records_purged: Counter,
     pub data_keys_destroyed: Counter,
     pub last_lsn: Gauge<u64, AtomicU64>,
+    /// Copies this node is pulling from a source, as a move's target.
+    pub pull_sessions: Gauge<u64, AtomicU64>,
     pub consent_refusals: Counter,
     pub consents_granted: Counter,
     pub consents_revoked: Counter,
@@ -53,6 +55,12 @@ impl NodeMetrics {
         let records_purged = Counter::default();
         let data_keys_destroyed = Counter::default();
         let last_lsn = Gauge::<u64, AtomicU64>::default();
+        let pull_sessions = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "pull_sessions",
+            "Copies this node is pulling from a source node (as a move's target)",
+            pull_sessions.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -129,6 +137,7 @@ impl NodeMetrics {
             records_purged,
             data_keys_destroyed,
             last_lsn,
+            pull_sessions,
             consent_refusals,
             consents_granted,
             consents_revoked,

@@ -54,6 +54,10 @@ pub struct NodeState {
     pub data_keys: Option<Arc<DataKeys>>,
     /// Serializes a user's consent decisions with writes to their consent collections.
     pub consent_locks: crate::consent::ConsentLocks,
+    /// How this node calls other nodes: a move's target pulls from its source.
+    pub peers: reqwest::Client,
+    /// The pulls this node runs as a move's target.
+    pub pulls: crate::pull::PullSessions,
 }
 
 impl NodeState {
@@ -87,7 +91,17 @@ impl NodeState {
             metrics: Arc::new(NodeMetrics::new()),
             data_keys: None,
             consent_locks: crate::consent::ConsentLocks::default(),
+            peers: domicile_client::http_client(
+                &domicile_client::ClientTransport::InsecurePlaintext,
+            ),
+            pulls: crate::pull::PullSessions::default(),
         })
+    }
+
+    /// Calls other nodes over `transport` (the cluster's mutual TLS, as a member).
+    pub fn with_peer_transport(mut self, transport: &domicile_client::ClientTransport) -> Self {
+        self.peers = domicile_client::http_client(transport);
+        self
     }
 
     /// Destroys the data keys of whatever this node purges or erases from now on.

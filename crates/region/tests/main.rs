@@ -5,3 +5,4 @@ mod consent_api;
 mod harness;
 mod internal_api;
 mod public_api;
+mod pull_api;

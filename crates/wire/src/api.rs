@@ -215,6 +215,45 @@ pub struct DigestResponse {
     pub digests: Vec<BucketDigest>,
 }
 
+/// `POST /internal/pull` at a move's target: pull a consistent snapshot of `scope` from the
+/// node at `source` (decision 0016). The target reads, checks and imports it chunk by chunk;
+/// the mover only asks for each chunk's totals, so no record passes through it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequest {
+    /// The source node's base URL, as the cluster reaches it.
+    pub source: String,
+    pub scope: ScopeRequest,
+}
+
+/// A pull under way at the target: where to ask for its chunks, and the snapshot's LSN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullStarted {
+    pub session: u64,
+    pub snapshot_lsn: u64,
+}
+
+/// `POST /internal/pull/{session}/next`: the next chunk the target imported, in snapshot
+/// order, or none once the snapshot has ended (the session is then closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullNext {
+    pub chunk: Option<PulledChunk>,
+}
+
+/// One chunk of a pull, imported at the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PulledChunk {
+    pub records: u64,
+    /// Its records' user, collection and key, version and value bytes, and the bytes of the
+    /// blobs they named that were copied with them.
+    pub bytes: u64,
+    /// Records the target took (the rest it had at an equal or newer version).
+    pub applied: u64,
+    /// The bucket of the chunk's last record: snapshots stream in bucket order, so every
+    /// bucket below it is copied whole.
+    pub last_bucket: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportResponse {
     pub applied: u64,

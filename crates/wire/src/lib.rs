@@ -7,6 +7,5 @@
 
 pub mod api;
 pub mod frame;
-pub mod import_chunk;
 pub mod ledger;
 pub mod migration;
