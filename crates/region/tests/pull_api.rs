@@ -47,6 +47,24 @@ fn pull_request(source: &str, scope: &str) -> String {
     format!(r#"{{"source":"{source}","scope":{scope}}}"#)
 }
 
+/// Starts a pull of `SCOPE` from `source` at `target`; its session id and snapshot LSN.
+async fn start_pull(target: &Node, source: &str) -> (u64, u64) {
+    let started = target
+        .send(
+            Method::POST,
+            "/internal/pull",
+            &[],
+            pull_request(source, SCOPE),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{:?}", started.body);
+    let j = started.json();
+    (
+        j["session"].as_u64().unwrap(),
+        j["snapshot_lsn"].as_u64().unwrap(),
+    )
+}
+
 async fn digests(node: &Node) -> serde_json::Value {
     let r = node
         .send(Method::POST, "/internal/digest", &[], SCOPE)
@@ -60,17 +78,8 @@ async fn a_target_pulls_a_scope_from_its_source_chunk_by_chunk_and_ends_the_sess
     let (url, source, _dir) = serving_source(40).await;
     let target = Node::start("us-west").await;
 
-    let started = target
-        .send(
-            Method::POST,
-            "/internal/pull",
-            &[],
-            pull_request(&url, SCOPE),
-        )
-        .await;
-    assert_eq!(started.status, StatusCode::OK, "{:?}", started.body);
-    let session = started.json()["session"].as_u64().unwrap();
-    assert_eq!(started.json()["snapshot_lsn"], 120);
+    let (session, snapshot_lsn) = start_pull(&target, &url).await;
+    assert_eq!(snapshot_lsn, 120);
 
     let next = format!("/internal/pull/{session}/next");
     let (mut records, mut applied, mut chunks) = (0, 0, 0);
@@ -102,15 +111,7 @@ async fn a_target_pulls_a_scope_from_its_source_chunk_by_chunk_and_ends_the_sess
 async fn a_pull_given_up_is_closed_and_its_session_is_gone() {
     let (url, _source, _dir) = serving_source(5).await;
     let target = Node::start("us-west").await;
-    let started = target
-        .send(
-            Method::POST,
-            "/internal/pull",
-            &[],
-            pull_request(&url, SCOPE),
-        )
-        .await;
-    let session = started.json()["session"].as_u64().unwrap();
+    let (session, _) = start_pull(&target, &url).await;
     assert_eq!(target.state.pulls.len(), 1);
     let metrics = target.send(Method::GET, "/metrics", &[], "").await;
     let text = String::from_utf8_lossy(&metrics.body);
@@ -141,15 +142,7 @@ async fn a_pull_given_up_is_closed_and_its_session_is_gone() {
 
     // A purge of the scope (a rollback) ends a pull still running and waits for its imports:
     // nothing is written back behind it.
-    let started = target
-        .send(
-            Method::POST,
-            "/internal/pull",
-            &[],
-            pull_request(&url, SCOPE),
-        )
-        .await;
-    assert_eq!(started.status, StatusCode::OK, "{:?}", started.body);
+    start_pull(&target, &url).await;
     let purged = target
         .send(Method::POST, "/internal/purge", &[], SCOPE)
         .await;
