@@ -39,6 +39,11 @@ pub struct EmbeddedOptions {
     /// Memtable size per keyspace before it is flushed to a table. A keyspace holds up to five
     /// (one active, four sealed awaiting their flush) when compaction falls behind an import.
     pub memtable_bytes: u64,
+    /// A bulk import (a copy's chunk) waits while every keyspace's memtables together, active
+    /// and sealed, hold more than this: a copy that outruns the flushes would otherwise fill
+    /// each keyspace's queue of sealed memtables before fjall halts it (114 MiB of memtables
+    /// and a 266 MiB target node in a 10M-record copy, decision 0016).
+    pub import_write_buffer_bytes: u64,
 }
 
 impl Default for EmbeddedOptions {
@@ -46,6 +51,7 @@ impl Default for EmbeddedOptions {
         Self {
             cache_bytes: 48 << 20,
             memtable_bytes: 8 << 20,
+            import_write_buffer_bytes: 48 << 20,
         }
     }
 }
@@ -60,6 +66,12 @@ pub(crate) struct Shared {
     fail_next_commit: AtomicBool,
     commits: AtomicU64,
 }
+
+/// How often a bulk import looks again at the memtables awaiting their flush.
+const FLUSH_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The longest a bulk import waits for flushes.
+const FLUSH_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A region store on fjall. Cheap to clone; dropping the last clone stops the writer and
 /// closes the database, so the folder can be opened again at once.
@@ -80,6 +92,8 @@ pub(crate) struct Inner {
     writer: Option<std::thread::JoinHandle<()>>,
     /// Turns for bulk imports in the writer's queue.
     bulk_imports: tokio::sync::Semaphore,
+    /// See [`EmbeddedOptions::import_write_buffer_bytes`].
+    import_write_buffer: u64,
 }
 
 impl Drop for Inner {
@@ -164,6 +178,7 @@ impl EmbeddedStore {
             tx: Some(tx),
             writer: Some(writer),
             bulk_imports: crate::queue::bulk_import_turns(),
+            import_write_buffer: options.import_write_buffer_bytes,
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -193,6 +208,25 @@ impl EmbeddedStore {
             tx: self.inner.tx.as_ref(),
             poisoned: &self.inner.shared.poisoned,
             bulk_imports: &self.inner.bulk_imports,
+        }
+    }
+
+    /// Waits while the memtables awaiting their flush exceed the import limit, polling (fjall
+    /// signals no flush), and for at most [`FLUSH_WAIT_MAX`]: a stuck flush must not stall a
+    /// copy forever, fjall's own halt still bounds it.
+    async fn wait_for_flushes(&self) {
+        let limit = self.inner.import_write_buffer;
+        let started = std::time::Instant::now();
+        while self.inner.db.write_buffer_size() > limit {
+            if started.elapsed() > FLUSH_WAIT_MAX {
+                tracing::warn!(
+                    buffered = self.inner.db.write_buffer_size(),
+                    limit,
+                    "flushes are behind; importing anyway"
+                );
+                return;
+            }
+            tokio::time::sleep(FLUSH_POLL).await;
         }
     }
 
@@ -242,6 +276,9 @@ impl RegionStore for EmbeddedStore {
         records: Vec<VersionedRecord>,
         meta: MetaPuts,
     ) -> Result<ImportOutcome, StoreError> {
+        if records.len() >= crate::queue::BULK_IMPORT_RECORDS {
+            self.wait_for_flushes().await;
+        }
         self.submit().import(records, meta).await
     }
 
