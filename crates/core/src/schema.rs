@@ -122,6 +122,17 @@ impl Schema {
             .iter()
             .filter(move |(_, c)| &c.service == service)
     }
+
+    /// A service's blob collections: a move imports their records only after their blobs.
+    pub fn blob_collections_of(
+        &self,
+        service: &ServiceName,
+    ) -> std::collections::BTreeSet<CollectionName> {
+        self.collections_of(service)
+            .filter(|(_, spec)| spec.kind == CollectionKind::Blobs)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
 }
 
 /// The name of the reserved consents collection.

@@ -4,9 +4,7 @@ use crate::throttle::Throttle;
 use domicile_client::ClientError;
 use domicile_client::region::RegionClient;
 use domicile_core::Version;
-use domicile_core::{
-    Bucket, BucketCount, BucketSet, CollectionKind, CollectionName, Schema, ServiceName,
-};
+use domicile_core::{Bucket, BucketCount, BucketSet, CollectionName, Schema, ServiceName};
 use domicile_store::RecordAddress;
 use domicile_store::{BlobRef, Lsn, VersionedRecord};
 use domicile_wire::api::ImportResponse;
@@ -105,11 +103,7 @@ pub struct Mover {
 
 /// The blob collections of `service` in `schema`.
 pub fn blob_collections(schema: &Schema, service: &ServiceName) -> BTreeSet<CollectionName> {
-    schema
-        .collections_of(service)
-        .filter(|(_, spec)| spec.kind == CollectionKind::Blobs)
-        .map(|(name, _)| name.clone())
-        .collect()
+    schema.blob_collections_of(service)
 }
 
 /// Blobs copied at once while a chunk's records wait for them.

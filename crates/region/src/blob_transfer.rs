@@ -87,6 +87,35 @@ pub async fn get(
     Ok((ct, Body::from_stream(stream)).into_response())
 }
 
+/// Stores a streamed blob (sealed here) if its content matches `hash`, its address; content
+/// that does not is removed again and refused (`hash_mismatch`).
+pub(crate) async fn store_checked<S, E>(
+    state: &NodeState,
+    owner: &CollectionAddress,
+    hash: &str,
+    stream: S,
+) -> Result<(), ApiError>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Send,
+    E: std::fmt::Display,
+{
+    let stored = state
+        .blobs
+        .put_stream(owner, stream, state.limits.max_blob_bytes)
+        .await?;
+    if stored.hash != hash {
+        // Stored under the content's own address, which no record names: remove it.
+        if let Err(e) = state.blobs.delete(owner, &stored.hash).await {
+            tracing::warn!(error = %e, hash = %stored.hash, "could not remove a mismatched blob");
+        }
+        return Err(ApiError::bad(
+            "hash_mismatch",
+            format!("the content's BLAKE3 is {}, not {hash}", stored.hash),
+        ));
+    }
+    Ok(())
+}
+
 /// `PUT`: stores the streamed blob (sealed here) if its content matches its address, which
 /// the residency policy must allow in this region.
 pub async fn put(
@@ -98,19 +127,6 @@ pub async fn put(
     // Nothing crosses a border the policy forbids: checked before a byte is read.
     state.check_residency(owner.market, &owner.service)?;
     let stream = body.into_data_stream().map_err(|e| e.to_string());
-    let stored = state
-        .blobs
-        .put_stream(&owner, stream, state.limits.max_blob_bytes)
-        .await?;
-    if stored.hash != hash {
-        // Stored under the content's own address, which no record names: remove it.
-        if let Err(e) = state.blobs.delete(&owner, &stored.hash).await {
-            tracing::warn!(error = %e, hash = %stored.hash, "could not remove a mismatched blob");
-        }
-        return Err(ApiError::bad(
-            "hash_mismatch",
-            format!("the content's BLAKE3 is {}, not {hash}", stored.hash),
-        ));
-    }
+    store_checked(&state, &owner, &hash, stream).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -26,7 +26,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use domicile_client::ClientError;
 use domicile_client::region::RegionClient;
-use domicile_core::{CollectionKind, CollectionName};
+use domicile_core::CollectionName;
 use domicile_http::ApiError;
 use domicile_http::request;
 use domicile_store::{BlobRef, CollectionAddress, VersionedRecord};
@@ -269,14 +269,7 @@ async fn pump(
             }
         }
     }));
-    let blob_collections: Arc<BTreeSet<CollectionName>> = Arc::new(
-        state
-            .schema
-            .collections_of(&scope.service)
-            .filter(|(_, spec)| spec.kind == CollectionKind::Blobs)
-            .map(|(name, _)| name.clone())
-            .collect(),
-    );
+    let blob_collections = Arc::new(state.schema.blob_collections_of(&scope.service));
     // Imports started run to the end even if the pump is stopped: each is one atomic batch.
     let mut in_flight: VecDeque<JoinHandle<PulledResult>> = VecDeque::new();
     let mut read_all = false;
@@ -415,18 +408,13 @@ async fn carry_blob(
             }
         })
     };
-    let stored = state
-        .blobs
-        .put_stream(owner, counted, state.limits.max_blob_bytes)
-        .await?;
-    if stored.hash != hash {
-        if let Err(e) = state.blobs.delete(owner, &stored.hash).await {
-            tracing::warn!(error = %e, hash = %stored.hash, "could not remove a mismatched blob");
-        }
-        return Err(ApiError::BadGateway(format!(
-            "the source's blob {hash} has content {}",
-            stored.hash
-        )));
-    }
+    crate::blob_transfer::store_checked(state, owner, hash, counted)
+        .await
+        .map_err(|e| match e {
+            ApiError::BadRequest { message, .. } => {
+                ApiError::BadGateway(format!("the source's blob: {message}"))
+            }
+            other => other,
+        })?;
     Ok(size.load(Ordering::Relaxed))
 }
