@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use domicile_control::ControlState;
 use domicile_core::{ClusterConfig, RegionId};
 use domicile_gateway::tokens::TokenIssuer;
-use domicile_gateway::{GatewayConfig, GatewayState};
+use domicile_gateway::{GatewayConfig, GatewayState, LocalNodes};
 use domicile_region::BoundNode;
 use domicile_store::{EmbeddedOptions, EmbeddedStore};
 use domicile_tls::{ClientTransport, Role, RoleTls};
@@ -138,6 +138,14 @@ impl Cluster {
                 .context("control plane")
         });
 
+        // The gateway calls these nodes in-process (decision 0017); each still serves its URL
+        // for the control plane, movers, other nodes and tools.
+        let mut local = LocalNodes::default();
+        for node in &bound {
+            let region = node.state().region.clone();
+            let url = urls.get(&region).cloned().unwrap_or_default();
+            local = local.with(region, url, domicile_region::router(node.state()));
+        }
         for node in bound {
             let state = node.state();
             let client = domicile_client::control::ControlClient::new(
@@ -158,29 +166,16 @@ impl Cluster {
             .await
             .context("resume the saved migration")?;
 
-        let tokens = TokenIssuer::load_or_create(
-            &data_dir.join("gateway.key"),
-            Duration::from_secs(24 * 3600),
-        )?;
-        let gateway = GatewayState::start(
+        let gateway_url = spawn_gateway(
+            data_dir,
             &control_url,
-            tokens,
-            GatewayConfig::default(),
-            &gateway_tls.client,
+            &gateway_tls,
+            local,
+            gateway_listen,
+            stop.subscribe(),
+            &mut tasks,
         )
         .await?;
-        let listener = tokio::net::TcpListener::bind(gateway_listen)
-            .await
-            .with_context(|| format!("listen on {gateway_listen}"))?;
-        let gateway_url = format!("https://{}", listener.local_addr()?);
-        let rx = stop.subscribe();
-        let transport = gateway_tls.server;
-        tasks.spawn(async move {
-            let router = domicile_gateway::router(gateway);
-            domicile_http::serve(listener, router, &transport, stopped(rx))
-                .await
-                .context("gateway")
-        });
 
         Ok(Cluster {
             endpoints: Endpoints {
@@ -226,4 +221,40 @@ impl Cluster {
             None => control,
         }
     }
+}
+
+/// Starts a gateway with the cluster's key on `listen`, serving until `stop`; its URL.
+async fn spawn_gateway(
+    data_dir: &Path,
+    control_url: &str,
+    tls: &RoleTls,
+    local: LocalNodes,
+    listen: &str,
+    stop: watch::Receiver<bool>,
+    tasks: &mut JoinSet<Result<()>>,
+) -> Result<String> {
+    let tokens = TokenIssuer::load_or_create(
+        &data_dir.join("gateway.key"),
+        Duration::from_secs(24 * 3600),
+    )?;
+    let gateway = GatewayState::start(
+        control_url,
+        tokens,
+        GatewayConfig::default(),
+        &tls.client,
+        local,
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on {listen}"))?;
+    let url = format!("https://{}", listener.local_addr()?);
+    let transport = tls.server.clone();
+    tasks.spawn(async move {
+        let router = domicile_gateway::router(gateway);
+        domicile_http::serve(listener, router, &transport, stopped(stop))
+            .await
+            .context("gateway")
+    });
+    Ok(url)
 }

@@ -120,9 +120,15 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
         hold: Duration::from_millis(args.hold_ms),
         ..GatewayConfig::default()
     };
-    let state = GatewayState::start(&args.control, tokens, config, &tls.client)
-        .await
-        .context("fetch the routing table")?;
+    let state = GatewayState::start(
+        &args.control,
+        tokens,
+        config,
+        &tls.client,
+        domicile_gateway::LocalNodes::default(),
+    )
+    .await
+    .context("fetch the routing table")?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;

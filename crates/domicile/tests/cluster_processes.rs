@@ -585,6 +585,10 @@ async fn a_call_that_meets_a_moved_range_is_held_and_retried_transparently() {
         .await
         .unwrap();
     assert_eq!(direct.text().await.unwrap(), "held");
+    // A gateway of its own process reaches every node over the network.
+    use super::up_in_process::{IN_PROCESS, NETWORK, metric};
+    assert_eq!(metric(&c.http, &c.gw(), IN_PROCESS).await, 0);
+    assert!(metric(&c.http, &c.gw(), NETWORK).await >= 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

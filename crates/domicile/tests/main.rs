@@ -9,3 +9,4 @@ mod consent;
 mod demo_run;
 mod moves;
 mod region_process;
+mod up_in_process;

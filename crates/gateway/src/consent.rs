@@ -20,15 +20,15 @@ use std::sync::Arc;
 const MAX_BODY: u64 = 16 << 10;
 
 /// A region's JSON answer, or (on any other status) the region's error relayed as it is.
-pub(crate) async fn region_json<T: DeserializeOwned>(
-    response: reqwest::Response,
-) -> Result<T, Response> {
+pub(crate) async fn region_json<T: DeserializeOwned>(response: Response) -> Result<T, Response> {
     if !response.status().is_success() {
         return Err(relay(response));
     }
-    let bytes = response.bytes().await.map_err(|e| {
-        ApiError::BadGateway(format!("a region's answer broke off: {e}")).into_response()
-    })?;
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .map_err(|e| {
+            ApiError::BadGateway(format!("a region's answer broke off: {e}")).into_response()
+        })?;
     serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::BadGateway(format!("a region answered malformed JSON: {e}")).into_response()
     })

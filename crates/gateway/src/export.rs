@@ -204,7 +204,7 @@ async fn stream_blob(
         .await
         .map_err(|_| "client went away".to_string())?;
     let mut sent = 0u64;
-    let mut body = response.bytes_stream();
+    let mut body = response.into_body().into_data_stream();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| format!("{}: {e}", entry.path))?;
         sent += chunk.len() as u64;

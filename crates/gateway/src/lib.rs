@@ -1,5 +1,7 @@
 //! The gateway (`domicile gateway`): signs users up, authenticates every call with a PASETO
-//! token, and forwards it to the region that owns `(service, market, bucket)` over pooled HTTP/2.
+//! token, and forwards it to the region that owns `(service, market, bucket)`: over pooled,
+//! mutually authenticated HTTP/1.1 (decision 0004), or straight into the node's router when the
+//! node runs in the same process (`domicile up`; decision 0017).
 //! On a 421 it refreshes its routing table and retries; during a cutover it holds the call
 //! (bounded, 2 s by default) and then answers 503 with `Retry-After`.
 //!
@@ -12,6 +14,7 @@ pub mod batch;
 pub mod consent;
 pub mod erasure;
 pub mod export;
+pub mod local;
 pub mod proxy;
 pub mod route;
 pub mod state;
@@ -19,6 +22,7 @@ pub mod tokens;
 
 use axum::Router;
 use axum::routing::{any, delete, get, post, put};
+pub use local::LocalNodes;
 pub use state::{GatewayConfig, GatewayState};
 use std::sync::Arc;
 

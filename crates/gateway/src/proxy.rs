@@ -13,7 +13,6 @@ use bytes::Bytes;
 use domicile_core::{CollectionKind, Market, ServiceName, UserId};
 use domicile_http::{ApiError, request};
 use domicile_wire::api::{EPOCH_HEADER, ErrorBody, MARKET_HEADER};
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Instant;
@@ -197,7 +196,7 @@ pub(crate) async fn forward_routed(
     path: &str,
     headers: &HeaderMap,
     payload: &mut Payload,
-) -> Result<reqwest::Response, ApiError> {
+) -> Result<Response, ApiError> {
     let deadline = tokio::time::Instant::now() + state.config.hold;
     let mut route = resolve_service(&state.table(), &identity.user, identity.market, service)?;
     loop {
@@ -207,8 +206,10 @@ pub(crate) async fn forward_routed(
                 return Ok(response);
             }
             Ok(response) => {
-                let text = response.text().await.unwrap_or_default();
-                let code = serde_json::from_str::<ErrorBody>(&text)
+                let text = axum::body::to_bytes(response.into_body(), 64 << 10)
+                    .await
+                    .unwrap_or_default();
+                let code = serde_json::from_slice::<ErrorBody>(&text)
                     .map(|b| b.error.code)
                     .unwrap_or_default();
                 Retry::Misdirected {
@@ -277,6 +278,8 @@ const RELAYED: [header::HeaderName; 4] = [
     header::RETRY_AFTER,
 ];
 
+/// Sends the call to `route`'s node: into its router when it runs in this process, else over
+/// the pooled HTTP client. Either way the node answers the same request with the same checks.
 async fn forward(
     state: &GatewayState,
     method: &Method,
@@ -285,7 +288,12 @@ async fn forward(
     identity: &Identity,
     route: &Route,
     payload: &mut Payload,
-) -> Result<reqwest::Response, reqwest::Error> {
+) -> Result<Response, reqwest::Error> {
+    if let Some(node) = state.local.router(route) {
+        state.metrics.forwarded_in_process.inc();
+        return Ok(forward_in_process(node, method, path, headers, identity, route, payload).await);
+    }
+    state.metrics.forwarded_over_network.inc();
     let mut req = state
         .http
         .request(method.clone(), format!("{}{path}", route.url))
@@ -303,19 +311,68 @@ async fn forward(
             None => req,
         },
     };
-    req.send().await
+    let response = req.send().await?;
+    Ok(axum::http::Response::from(response).map(Body::new))
 }
 
-pub(crate) fn relay(response: reqwest::Response) -> Response {
-    let status = response.status();
+/// The same request as [`forward`] sends over the network, handed to an in-process node's
+/// router. The gateway is a cluster member, as its client certificate says over TLS.
+async fn forward_in_process(
+    node: axum::Router,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    identity: &Identity,
+    route: &Route,
+    payload: &mut Payload,
+) -> Response {
+    use tower::ServiceExt;
+    let mut request = axum::http::Request::builder()
+        .method(method.clone())
+        .uri(path)
+        .header(MARKET_HEADER, identity.market.as_str())
+        .header(EPOCH_HEADER, route.epoch.0);
+    for name in FORWARDED {
+        if let Some(v) = headers.get(&name) {
+            request = request.header(name, v);
+        }
+    }
+    let body = match payload {
+        Payload::Buffered(bytes) => Body::from(bytes.clone()),
+        Payload::Streamed(body) => body.take().unwrap_or_else(Body::empty),
+    };
+    let request = match request.body(body) {
+        Ok(mut request) => {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(domicile_http::Peer {
+                    addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                    cluster_member: true,
+                }));
+            request
+        }
+        Err(e) => {
+            return ApiError::bad("invalid_path", format!("not a forwardable call: {e}"))
+                .into_response();
+        }
+    };
+    match node.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// The node's answer as the client gets it: its status, the headers a client needs, and its
+/// body, streamed through.
+pub(crate) fn relay(response: Response) -> Response {
+    let (parts, body) = response.into_parts();
     let mut headers = HeaderMap::new();
     for name in RELAYED {
-        if let Some(v) = response.headers().get(&name) {
+        if let Some(v) = parts.headers.get(&name) {
             headers.insert(name, v.clone());
         }
     }
-    let body = Body::from_stream(response.bytes_stream().map_err(std::io::Error::other));
-    (status, headers, body).into_response()
+    (parts.status, headers, body).into_response()
 }
 
 /// `GET /metrics`.

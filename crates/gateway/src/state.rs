@@ -1,6 +1,7 @@
 //! The gateway's state: token issuer, the routing table (kept fresh by a watch), the pooled
-//! HTTP/2 client to region nodes, and its metrics.
+//! HTTP/1.1 client to region nodes, the nodes in its own process, and its metrics.
 
+use crate::local::LocalNodes;
 use crate::tokens::TokenIssuer;
 use domicile_client::control::ControlClient;
 use domicile_wire::api::RoutingTable;
@@ -36,9 +37,20 @@ pub struct CallLabels {
     pub status: u16,
 }
 
+/// How a call reached its region node.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HopLabels {
+    /// `in_process` (the node runs in the gateway's process) or `network`.
+    pub hop: &'static str,
+}
+
 pub struct GatewayMetrics {
     pub registry: Registry,
     pub calls: Family<CallLabels, Counter>,
+    /// Calls sent into an in-process node's router.
+    pub forwarded_in_process: Counter,
+    /// Calls sent to a node over the network.
+    pub forwarded_over_network: Counter,
     pub latency: Histogram,
     pub retries: Counter,
     pub holds: Counter,
@@ -60,6 +72,14 @@ impl GatewayMetrics {
         let latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
         let (retries, holds) = (Counter::default(), Counter::default());
         registry.register("calls", "Calls by method and status", calls.clone());
+        let forwards = Family::<HopLabels, Counter>::default();
+        registry.register(
+            "forwards",
+            "Calls sent to region nodes (retries included), by how they reached the node",
+            forwards.clone(),
+        );
+        let hop = |hop| forwards.get_or_create(&HopLabels { hop }).clone();
+        let (forwarded_in_process, forwarded_over_network) = (hop("in_process"), hop("network"));
         registry.register(
             "call_seconds",
             "Call latency through the gateway",
@@ -83,6 +103,8 @@ impl GatewayMetrics {
         Self {
             registry,
             calls,
+            forwarded_in_process,
+            forwarded_over_network,
             latency,
             retries,
             holds,
@@ -100,6 +122,8 @@ pub struct GatewayState {
     table_tx: Arc<watch::Sender<Arc<RoutingTable>>>,
     control: ControlClient,
     pub(crate) http: reqwest::Client,
+    /// Region nodes in this process, called without a network hop.
+    pub(crate) local: LocalNodes,
     pub metrics: GatewayMetrics,
     watcher: tokio::task::JoinHandle<()>,
 }
@@ -112,12 +136,15 @@ impl Drop for GatewayState {
 }
 
 impl GatewayState {
-    /// Fetches the table once, then keeps it fresh with a watch on the control plane.
+    /// Fetches the table once, then keeps it fresh with a watch on the control plane. Calls to
+    /// the nodes in `local` go straight into their routers; every other node is called over
+    /// the network with `transport`.
     pub async fn start(
         control_url: &str,
         tokens: TokenIssuer,
         config: GatewayConfig,
         transport: &domicile_client::ClientTransport,
+        local: LocalNodes,
     ) -> Result<Arc<Self>, domicile_client::ClientError> {
         let control = ControlClient::new(control_url, domicile_client::http_client(transport));
         let table = control.current().await?;
@@ -139,6 +166,7 @@ impl GatewayState {
             table_tx: tx,
             control,
             http,
+            local,
             metrics: GatewayMetrics::new(),
             watcher,
         }))
