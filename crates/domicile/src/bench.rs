@@ -90,10 +90,15 @@ pub struct GatewayArgs {
     /// Seconds per measurement (each path is measured twice, alternating).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
-    /// Requests per second of the fixed-rate latency runs (default: half the gateway's
+    /// Requests per second of the fixed-rate latency runs (default: half the slowest path's
     /// saturation throughput, measured first).
     #[arg(long)]
     rate: Option<f64>,
+    /// Pin the networked gateway's process to this CPU and everything else (clients, region
+    /// nodes, the in-process gateway) to the others, as a gateway tier on machines of its own
+    /// would run (needs `taskset`).
+    #[arg(long)]
+    gateway_cpu: Option<usize>,
 }
 
 #[derive(Args)]
@@ -203,12 +208,33 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     }
 }
 
-/// One user's record read through the gateway and straight from its region node, alternating
-/// (direct, gateway, direct, gateway) so that drift in the machine's load hits both.
+/// The paths `bench gateway` measures a read over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadPath {
+    /// Straight to the region node, over TLS with the cluster's client certificate.
+    Direct,
+    /// Through the gateway as `domicile up` runs it: the node in its process (decision 0017).
+    Gateway,
+    /// Through `domicile gateway` in its own process, calling the node over mutual TLS.
+    NetworkedGateway,
+}
+
+impl ReadPath {
+    const ALL: [ReadPath; 3] = [
+        ReadPath::Direct,
+        ReadPath::Gateway,
+        ReadPath::NetworkedGateway,
+    ];
+}
+
+/// One user's record read straight from its region node and through both gateways, in turn
+/// (direct, gateway, networked gateway, twice) so that drift in the machine's load hits all.
 async fn gateway(args: GatewayArgs) -> Result<()> {
-    use domicile_bench::load::{LoadResult, closed_loop, fixed_rate};
+    use domicile_bench::load::{closed_loop, fixed_rate};
     anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
     anyhow::ensure!(args.seconds > 0.0, "--seconds must be positive");
+    // Read before `--gateway-cpu` pins this process (the machine's CPUs, not the pinned set).
+    let machine = domicile_bench::machine::Machine::current();
     let dir = tempfile::Builder::new()
         .prefix("domicile-bench-gw-")
         .tempdir()?;
@@ -219,6 +245,8 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
     )
     .await?;
     let e = cluster.endpoints.clone();
+    let (networked, _gateway_process) =
+        networked_gateway(&e, &dir.path().join("gateway.key"), args.gateway_cpu).await?;
     // HTTP/1.1 connections (one per concurrent client) over TLS, with the cluster's `client`
     // certificate, which region nodes require (the gateway asks for none).
     let http = domicile_client::builder(&cluster.member, domicile_client::Alpn::Http1)
@@ -243,131 +271,211 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
         .context("cn-beijing url")?
         .clone();
     let duration = std::time::Duration::from_secs_f64(args.seconds);
-    let (via_gateway, direct) = (format!("{}{path}", e.gateway), format!("{region}{path}"));
-    let through_gateway = {
-        let (url, token) = (via_gateway.clone(), token.clone());
-        move |h: &reqwest::Client| h.get(&url).bearer_auth(&token)
-    };
-    let straight = {
-        let url = direct.clone();
-        move |h: &reqwest::Client| h.get(&url).header("x-domicile-market", "CN")
+    let request = {
+        let urls = [
+            format!("{region}{path}"),
+            format!("{}{path}", e.gateway),
+            format!("{networked}{path}"),
+        ];
+        move |read: ReadPath, h: &reqwest::Client| match read {
+            ReadPath::Direct => h.get(&urls[0]).header("x-domicile-market", "CN"),
+            ReadPath::Gateway => h.get(&urls[1]).bearer_auth(&token),
+            ReadPath::NetworkedGateway => h.get(&urls[2]).bearer_auth(&token),
+        }
     };
     // Throughput: closed loops.
-    let saturated = alternating("saturated", args.json, |through| {
-        let (http, gateway, direct) = (http.clone(), through_gateway.clone(), straight.clone());
-        async move {
-            if through {
-                closed_loop(&http, args.clients, duration, gateway).await
-            } else {
-                closed_loop(&http, args.clients, duration, direct).await
-            }
-        }
+    let saturated = alternating("saturated", args.json, |read| {
+        let (http, request) = (http.clone(), request.clone());
+        async move { closed_loop(&http, args.clients, duration, move |h| request(read, h)).await }
     })
     .await;
-    // Latency: both paths offered the same fixed rate, one both sustain. At saturation a closed
+    // Latency: every path offered the same fixed rate, one all sustain. At saturation a closed
     // loop's p50 is its clients over its throughput (Little's law): the throughput gap again,
     // not what the hop adds to a request.
     let rate = match args.rate {
         Some(r) => r,
-        None => mean(&saturated, true, |r| r.rps) / 2.0,
+        None => {
+            ReadPath::ALL
+                .iter()
+                .map(|p| mean(&saturated, *p, |r| r.rps))
+                .fold(f64::INFINITY, f64::min)
+                / 2.0
+        }
     };
     anyhow::ensure!(rate >= 1.0, "--rate must be at least 1 request per second");
-    let at_rate = alternating(&format!("at {rate:.0}/s"), args.json, |through| {
-        let (http, gateway, direct) = (http.clone(), through_gateway.clone(), straight.clone());
+    let at_rate = alternating(&format!("at {rate:.0}/s"), args.json, |read| {
+        let (http, request) = (http.clone(), request.clone());
         async move {
-            if through {
-                fixed_rate(&http, rate, args.clients, duration, gateway).await
-            } else {
-                fixed_rate(&http, rate, args.clients, duration, direct).await
-            }
+            fixed_rate(&http, rate, args.clients, duration, move |h| {
+                request(read, h)
+            })
+            .await
         }
     })
     .await;
     cluster.shutdown().await?;
-    let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
-    let (g_rps, d_rps) = (
-        mean(&saturated, true, |r| r.rps),
-        mean(&saturated, false, |r| r.rps),
-    );
-    let figures = |runs: &[(bool, LoadResult)]| {
-        let (g50, d50) = (
-            mean(runs, true, |r| r.p50_ms),
-            mean(runs, false, |r| r.p50_ms),
-        );
-        let (g99, d99) = (
-            mean(runs, true, |r| r.p99_ms),
-            mean(runs, false, |r| r.p99_ms),
-        );
-        (round3(g50), round3(d50), round3(g99), round3(d99))
-    };
-    let (sg50, sd50, sg99, sd99) = figures(&saturated);
-    let (g50, d50, g99, d99) = figures(&at_rate);
+    let rps = |p| mean(&saturated, p, |r| r.rps);
+    let share = |p| (rps(p) / rps(ReadPath::Direct) * 100.0).round() / 100.0;
+    let (p50, p99): (Figure, Figure) = (|r| r.p50_ms, |r| r.p99_ms);
     let errors: u64 = saturated
         .iter()
         .chain(&at_rate)
         .map(|(_, r)| r.errors)
         .sum();
+    use ReadPath::{Direct, Gateway, NetworkedGateway};
+    let (at, sat) = (&at_rate[..], &saturated[..]);
     let report = serde_json::json!({
         "clients": args.clients,
         "seconds_per_run": args.seconds,
-        "gateway_rps": g_rps.round(),
-        "direct_rps": d_rps.round(),
-        "gateway_vs_direct": (g_rps / d_rps * 100.0).round() / 100.0,
+        "gateway_hop": "in-process (domicile up, demo)",
+        "networked_gateway": match args.gateway_cpu {
+            Some(cpu) => format!("its own process on CPU {cpu}; the rest on the other CPUs"),
+            None => "its own process, sharing every CPU".to_string(),
+        },
+        "gateway_rps": rps(Gateway).round(),
+        "direct_rps": rps(Direct).round(),
+        "gateway_vs_direct": share(Gateway),
         "latency_rate_rps": rate.round(),
-        "gateway_p50_ms": g50,
-        "gateway_p99_ms": g99,
-        "direct_p50_ms": d50,
-        "direct_p99_ms": d99,
-        "added_p50_ms": round3(g50 - d50),
-        "added_p99_ms": round3(g99 - d99),
-        "saturated_gateway_p50_ms": sg50,
-        "saturated_gateway_p99_ms": sg99,
-        "saturated_direct_p50_ms": sd50,
-        "saturated_direct_p99_ms": sd99,
-        "saturated_added_p50_ms": round3(sg50 - sd50),
-        "saturated_added_p99_ms": round3(sg99 - sd99),
+        "gateway_p50_ms": ms(at, Gateway, p50),
+        "gateway_p99_ms": ms(at, Gateway, p99),
+        "direct_p50_ms": ms(at, Direct, p50),
+        "direct_p99_ms": ms(at, Direct, p99),
+        "added_p50_ms": added_ms(at, Gateway, p50),
+        "added_p99_ms": added_ms(at, Gateway, p99),
+        "saturated_gateway_p50_ms": ms(sat, Gateway, p50),
+        "saturated_gateway_p99_ms": ms(sat, Gateway, p99),
+        "saturated_direct_p50_ms": ms(sat, Direct, p50),
+        "saturated_direct_p99_ms": ms(sat, Direct, p99),
+        "saturated_added_p50_ms": added_ms(sat, Gateway, p50),
+        "saturated_added_p99_ms": added_ms(sat, Gateway, p99),
+        "networked_gateway_rps": rps(NetworkedGateway).round(),
+        "networked_gateway_vs_direct": share(NetworkedGateway),
+        "networked_gateway_p50_ms": ms(at, NetworkedGateway, p50),
+        "networked_gateway_p99_ms": ms(at, NetworkedGateway, p99),
+        "networked_added_p50_ms": added_ms(at, NetworkedGateway, p50),
+        "networked_added_p99_ms": added_ms(at, NetworkedGateway, p99),
         "errors": errors,
-        "machine": domicile_bench::machine::Machine::current(),
+        "machine": machine,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
 
-/// Four runs of `run(through)`, straight to the node and through the gateway in turn (each path
-/// twice, so that drift over the runs touches both), printed unless `quiet`.
+/// `domicile gateway` in a process of its own, with the cluster's token key, calling the
+/// region nodes over mutual TLS; its URL and the process (killed when dropped). With `cpu`, it
+/// runs on that CPU alone and this process on the others.
+async fn networked_gateway(
+    e: &crate::cluster::Endpoints,
+    key_file: &std::path::Path,
+    cpu: Option<usize>,
+) -> Result<(String, tokio::process::Child)> {
+    use tokio::io::AsyncBufReadExt;
+    let exe = std::env::current_exe().context("find this binary")?;
+    let mut command = match cpu {
+        Some(cpu) => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            anyhow::ensure!(
+                cpu < cpus && cpus > 1,
+                "--gateway-cpu {cpu}: this machine has CPUs 0-{}, and needs another for the rest",
+                cpus - 1
+            );
+            let others: Vec<String> = (0..cpus)
+                .filter(|c| *c != cpu)
+                .map(|c| c.to_string())
+                .collect();
+            // Every thread of this process, and those it starts later, on the other CPUs.
+            let pinned = tokio::process::Command::new("taskset")
+                .args(["-a", "-p", "-c", &others.join(",")])
+                .arg(std::process::id().to_string())
+                .stdout(std::process::Stdio::null())
+                .status()
+                .await
+                .context("run taskset (util-linux)")?;
+            anyhow::ensure!(pinned.success(), "taskset could not pin this process");
+            let mut c = tokio::process::Command::new("taskset");
+            c.args(["-c", &cpu.to_string()]).arg(&exe);
+            c
+        }
+        None => tokio::process::Command::new(&exe),
+    };
+    let mut child = command
+        .args([
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--control",
+            &e.control,
+        ])
+        .arg("--key-file")
+        .arg(key_file)
+        .arg("--tls-dir")
+        .arg(&e.tls_dir)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start `domicile gateway`")?;
+    let stdout = child.stdout.take().context("the gateway's stdout")?;
+    let line = tokio::io::BufReader::new(stdout)
+        .lines()
+        .next_line()
+        .await?
+        .context("`domicile gateway` exited before it served")?;
+    let ready: serde_json::Value = serde_json::from_str(&line)
+        .with_context(|| format!("the gateway's ready line {line:?}"))?;
+    let url = ready["gateway"]
+        .as_str()
+        .with_context(|| format!("no URL in the gateway's ready line {line:?}"))?;
+    Ok((url.to_string(), child))
+}
+
+/// Every path of [`ReadPath::ALL`] measured by `run` in turn, twice over (so that drift over
+/// the runs touches all), printed unless `quiet`.
 async fn alternating<Run, Fut>(
     label: &str,
     quiet: bool,
     run: Run,
-) -> Vec<(bool, domicile_bench::load::LoadResult)>
+) -> Vec<(ReadPath, domicile_bench::load::LoadResult)>
 where
-    Run: Fn(bool) -> Fut,
+    Run: Fn(ReadPath) -> Fut,
     Fut: std::future::Future<Output = domicile_bench::load::LoadResult>,
 {
     let mut runs = Vec::new();
-    for round in 0..4 {
-        let through = round % 2 == 1;
-        let r = run(through).await;
-        if !quiet {
-            eprintln!(
-                "{label} {} {r:?}",
-                if through { "gateway" } else { "direct " }
-            );
+    for _round in 0..2 {
+        for read in ReadPath::ALL {
+            let r = run(read).await;
+            if !quiet {
+                eprintln!("{label} {read:?} {r:?}");
+            }
+            runs.push((read, r));
         }
-        runs.push((through, r));
     }
     runs
 }
 
-/// The mean of `f` over the runs through the gateway (`through`) or straight to the node.
-fn mean(
-    runs: &[(bool, domicile_bench::load::LoadResult)],
-    through: bool,
-    f: fn(&domicile_bench::load::LoadResult) -> f64,
+type Figure = fn(&domicile_bench::load::LoadResult) -> f64;
+
+/// The mean of `f` over the runs of `read`, in ms to the µs.
+fn ms(runs: &[(ReadPath, domicile_bench::load::LoadResult)], read: ReadPath, f: Figure) -> f64 {
+    (mean(runs, read, f) * 1000.0).round() / 1000.0
+}
+
+/// What `read` adds to the direct path's `f`, in ms to the µs.
+fn added_ms(
+    runs: &[(ReadPath, domicile_bench::load::LoadResult)],
+    read: ReadPath,
+    f: Figure,
 ) -> f64 {
+    ((mean(runs, read, f) - mean(runs, ReadPath::Direct, f)) * 1000.0).round() / 1000.0
+}
+
+/// The mean of `f` over the runs of `read`.
+fn mean(runs: &[(ReadPath, domicile_bench::load::LoadResult)], read: ReadPath, f: Figure) -> f64 {
     let v: Vec<f64> = runs
         .iter()
-        .filter(|(t, _)| *t == through)
+        .filter(|(p, _)| *p == read)
         .map(|(_, r)| f(r))
         .collect();
     v.iter().sum::<f64>() / v.len().max(1) as f64
