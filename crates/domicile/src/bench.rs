@@ -99,6 +99,9 @@ pub struct GatewayArgs {
     /// would run (needs `taskset`).
     #[arg(long)]
     gateway_cpu: Option<usize>,
+    /// The HTTP the gateway process speaks to the node (`domicile gateway --node-http`).
+    #[arg(long, value_enum, default_value_t = crate::roles::NodeHttpArg::Http1)]
+    node_http: crate::roles::NodeHttpArg,
 }
 
 #[derive(Args)]
@@ -246,7 +249,7 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
     .await?;
     let e = cluster.endpoints.clone();
     let (networked, _gateway_process) =
-        networked_gateway(&e, &dir.path().join("gateway.key"), args.gateway_cpu).await?;
+        networked_gateway(&e, &dir.path().join("gateway.key"), &args).await?;
     // HTTP/1.1 connections (one per concurrent client) over TLS, with the cluster's `client`
     // certificate, which region nodes require (the gateway asks for none).
     let http = domicile_client::builder(&cluster.member, domicile_client::Alpn::Http1)
@@ -332,6 +335,7 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
             Some(cpu) => format!("its own process on CPU {cpu}; the rest on the other CPUs"),
             None => "its own process, sharing every CPU".to_string(),
         },
+        "networked_gateway_node_http": args.node_http.name(),
         "gateway_rps": rps(Gateway).round(),
         "direct_rps": rps(Direct).round(),
         "gateway_vs_direct": share(Gateway),
@@ -362,16 +366,16 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
 }
 
 /// `domicile gateway` in a process of its own, with the cluster's token key, calling the
-/// region nodes over mutual TLS; its URL and the process (killed when dropped). With `cpu`, it
-/// runs on that CPU alone and this process on the others.
+/// region nodes over mutual TLS in `args.node_http`; its URL and the process (killed when
+/// dropped). With `args.gateway_cpu`, it runs on that CPU alone and this process on the others.
 async fn networked_gateway(
     e: &crate::cluster::Endpoints,
     key_file: &std::path::Path,
-    cpu: Option<usize>,
+    args: &GatewayArgs,
 ) -> Result<(String, tokio::process::Child)> {
     use tokio::io::AsyncBufReadExt;
     let exe = std::env::current_exe().context("find this binary")?;
-    let mut command = match cpu {
+    let mut command = match args.gateway_cpu {
         Some(cpu) => {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
             anyhow::ensure!(
@@ -405,6 +409,8 @@ async fn networked_gateway(
             "127.0.0.1:0",
             "--control",
             &e.control,
+            "--node-http",
+            args.node_http.name(),
         ])
         .arg("--key-file")
         .arg(key_file)

@@ -106,8 +106,29 @@ pub struct GatewayArgs {
     /// Milliseconds a call is held while its range is cut over, before 503.
     #[arg(long, default_value_t = 2000)]
     hold_ms: u64,
+    /// The HTTP spoken to region nodes: `http1`, a pool of keep-alive connections (measured
+    /// faster on loopback, decision 0004), or `http2`, calls multiplexed over TLS (ALPN `h2`),
+    /// for nodes across long round trips.
+    #[arg(long, value_enum, default_value_t = NodeHttpArg::Http1)]
+    node_http: NodeHttpArg,
     #[command(flatten)]
     tls: crate::certs::TlsArgs,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum NodeHttpArg {
+    Http1,
+    Http2,
+}
+
+impl NodeHttpArg {
+    /// As written on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeHttpArg::Http1 => "http1",
+            NodeHttpArg::Http2 => "http2",
+        }
+    }
 }
 
 pub async fn gateway(args: GatewayArgs) -> Result<()> {
@@ -118,6 +139,10 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     let tokens = TokenIssuer::load_or_create(&args.key_file, Duration::from_secs(24 * 3600))?;
     let config = GatewayConfig {
         hold: Duration::from_millis(args.hold_ms),
+        node_http: match args.node_http {
+            NodeHttpArg::Http1 => domicile_gateway::NodeHttp::Http1Pool,
+            NodeHttpArg::Http2 => domicile_gateway::NodeHttp::Http2,
+        },
         ..GatewayConfig::default()
     };
     let state = GatewayState::start(

@@ -586,9 +586,76 @@ async fn a_call_that_meets_a_moved_range_is_held_and_retried_transparently() {
         .unwrap();
     assert_eq!(direct.text().await.unwrap(), "held");
     // A gateway of its own process reaches every node over the network.
-    use super::up_in_process::{IN_PROCESS, NETWORK, metric};
+    use super::up_in_process::{HTTP1, HTTP2, IN_PROCESS, metric};
     assert_eq!(metric(&c.http, &c.gw(), IN_PROCESS).await, 0);
-    assert!(metric(&c.http, &c.gw(), NETWORK).await >= 2);
+    assert!(metric(&c.http, &c.gw(), HTTP1).await >= 2);
+    assert_eq!(
+        metric(&c.http, &c.gw(), HTTP2).await,
+        0,
+        "HTTP/1.1 by default"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_told_to_speak_http2_to_the_nodes_does() {
+    use super::up_in_process::{HTTP1, HTTP2, metric};
+    let c = Cluster::start().await;
+    let key = c._dir.path().join("gateway-h2.key").display().to_string();
+    let h2 = spawn(&[
+        "gateway",
+        "--tls-dir",
+        &c.tls.display().to_string(),
+        "--control",
+        &url(&c.control, "control"),
+        "--listen",
+        "127.0.0.1:0",
+        "--key-file",
+        &key,
+        "--node-http",
+        "http2",
+    ]);
+    let gw = url(&h2, "gateway");
+    let r = c
+        .http
+        .post(format!("{gw}/v1/signup"))
+        .json(&json!({ "market": "SG" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    let (user, token) = (v["user"].as_str().unwrap(), v["token"].as_str().unwrap());
+    let record = format!("{gw}/v1/users/{user}/orders/o-1");
+    let put = c
+        .http
+        .put(&record)
+        .bearer_auth(token)
+        .body("over h2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    let get = c.http.get(&record).bearer_auth(token).send().await.unwrap();
+    assert_eq!(get.text().await.unwrap(), "over h2");
+    assert_eq!(
+        metric(&c.http, &gw, HTTP2).await,
+        2,
+        "both calls went over HTTP/2"
+    );
+    assert_eq!(metric(&c.http, &gw, HTTP1).await, 0);
+    // A bad value is refused on the command line, with a one-line reason.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_domicile"))
+        .args([
+            "gateway",
+            "--node-http",
+            "spdy",
+            "--control",
+            "https://127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'spdy'"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

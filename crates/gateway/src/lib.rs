@@ -23,7 +23,7 @@ pub mod tokens;
 use axum::Router;
 use axum::routing::{any, delete, get, post, put};
 pub use local::LocalNodes;
-pub use state::{GatewayConfig, GatewayState};
+pub use state::{GatewayConfig, GatewayState, NodeHttp};
 use std::sync::Arc;
 
 pub fn router(state: Arc<GatewayState>) -> Router {

@@ -293,7 +293,6 @@ async fn forward(
         state.metrics.forwarded_in_process.inc();
         return Ok(forward_in_process(node, method, path, headers, identity, route, payload).await);
     }
-    state.metrics.forwarded_over_network.inc();
     let mut req = state
         .http
         .request(method.clone(), format!("{}{path}", route.url))
@@ -311,7 +310,13 @@ async fn forward(
             None => req,
         },
     };
-    let response = req.send().await?;
+    let response = req.send().await.inspect_err(|_| {
+        state.metrics.forwards_failed.inc();
+    })?;
+    match response.version() {
+        reqwest::Version::HTTP_2 => state.metrics.forwarded_http2.inc(),
+        _ => state.metrics.forwarded_http1.inc(),
+    };
     Ok(axum::http::Response::from(response).map(Body::new))
 }
 

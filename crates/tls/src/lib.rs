@@ -123,6 +123,9 @@ pub enum Alpn {
     H2AndHttp1,
     /// `http/1.1` only: a connection per concurrent request (simulated independent clients).
     Http1,
+    /// `h2` only: a server that cannot speak HTTP/2 fails the handshake instead of quietly
+    /// serving HTTP/1.1 (the gateway's `--node-http http2`).
+    H2Only,
 }
 
 impl ClientTransport {
@@ -143,6 +146,7 @@ impl ClientTransport {
         config.alpn_protocols = match alpn {
             Alpn::H2AndHttp1 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
             Alpn::Http1 => vec![b"http/1.1".to_vec()],
+            Alpn::H2Only => vec![b"h2".to_vec()],
         };
         config
     }
