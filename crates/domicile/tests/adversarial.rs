@@ -170,7 +170,8 @@ fn plain(url: &str) -> String {
     url.replacen("https://", "http://", 1)
 }
 
-async fn signup(http: &Client, gateway: &str, market: &str) -> (String, String) {
+/// Signs up a user of `market` at `gateway`: (user, token).
+pub(crate) async fn signup(http: &Client, gateway: &str, market: &str) -> (String, String) {
     let r = http
         .post(format!("{gateway}/v1/signup"))
         .json(&json!({ "market": market }))

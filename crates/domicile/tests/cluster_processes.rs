@@ -203,19 +203,7 @@ impl Cluster {
     }
 
     async fn signup(&self, market: &str) -> (String, String) {
-        let r = self
-            .http
-            .post(format!("{}/v1/signup", self.gw()))
-            .json(&json!({ "market": market }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        let v: Value = r.json().await.unwrap();
-        (
-            v["user"].as_str().unwrap().to_string(),
-            v["token"].as_str().unwrap().to_string(),
-        )
+        super::adversarial::signup(&self.http, &self.gw(), market).await
     }
 
     async fn admin_post(&self, path: &str, body: Value) -> reqwest::Response {
@@ -503,11 +491,10 @@ async fn the_cluster_serves_refuses_and_reroutes_across_processes() {
     );
 }
 
-/// The gateway's counter of calls re-routed after a 421.
-async fn gateway_retries(c: &Cluster) -> u64 {
-    let text = c
-        .http
-        .get(format!("{}/metrics", c.gw()))
+/// The value of the metric line that starts with `series ` on `url`'s `/metrics` (0 if none).
+pub(crate) async fn metric(http: &reqwest::Client, url: &str, series: &str) -> u64 {
+    let text = http
+        .get(format!("{url}/metrics"))
         .send()
         .await
         .unwrap()
@@ -515,55 +502,69 @@ async fn gateway_retries(c: &Cluster) -> u64 {
         .await
         .unwrap();
     text.lines()
-        .find(|l| l.starts_with("domicile_gateway_retries_total "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+pub(crate) const RETRIES: &str = "domicile_gateway_retries_total";
+pub(crate) const IN_PROCESS: &str = "domicile_gateway_forwards_total{hop=\"in_process\"}";
+pub(crate) const HTTP1: &str = "domicile_gateway_forwards_total{hop=\"http1\"}";
+pub(crate) const HTTP2: &str = "domicile_gateway_forwards_total{hop=\"http2\"}";
+
+/// The first half of moving SG's shop from the node at `from` to `to_region`'s at `to`, as
+/// the control plane performs it: release at epoch 2, then own — not yet committed, so a
+/// gateway's table still names the old owner, which answers 421.
+pub(crate) async fn begin_sg_shop_move(
+    http: &reqwest::Client,
+    from: &str,
+    to: &str,
+    to_region: &str,
+) {
+    let range = |owner: Option<&str>| json!({ "service": "ecommerce", "market": "SG", "buckets": "0-1023", "epoch": 2, "owner": owner });
+    for (node, step, owner) in [(from, "release", Some(to_region)), (to, "own", None)] {
+        let r = http
+            .post(format!("{node}/internal/{step}"))
+            .json(&range(owner))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{step}");
+    }
+}
+
+/// A `PUT` of `body` to `url` sent in the background; its status.
+pub(crate) fn put_in_background(
+    http: &reqwest::Client,
+    url: String,
+    token: &str,
+    body: &'static str,
+) -> tokio::task::JoinHandle<StatusCode> {
+    let (http, token) = (http.clone(), token.to_string());
+    tokio::spawn(async move {
+        http.put(url)
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_that_meets_a_moved_range_is_held_and_retried_transparently() {
     let c = Cluster::start().await;
     let (user, token) = c.signup("SG").await;
-    // The first half of a placement change, as the control plane performs it: the old owner
-    // releases SG's shop to us-west at epoch 2 and us-west owns it — not yet committed, so the
-    // gateway's table still says cn-beijing.
-    let range = |owner: Option<&str>| json!({ "service": "ecommerce", "market": "SG", "buckets": "0-1023", "epoch": 2, "owner": owner });
-    let release = c
-        .http
-        .post(format!("{}/internal/release", url(&c.regions[0].1, "url")))
-        .json(&range(Some("us-west")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(release.status(), StatusCode::OK);
-    let own = c
-        .http
-        .post(format!("{}/internal/own", url(&c.regions[1].1, "url")))
-        .json(&range(None))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(own.status(), StatusCode::OK);
-    let before = gateway_retries(&c).await;
-    let call = {
-        let (http, url, token) = (
-            c.http.clone(),
-            format!("{}/v1/users/{user}/orders/o-1", c.gw()),
-            token.clone(),
-        );
-        tokio::spawn(async move {
-            http.put(url)
-                .bearer_auth(token)
-                .body("held")
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    // The old owner releases SG's shop to us-west at epoch 2 and us-west owns it; the gateway's
+    // table still says cn-beijing.
+    let (from, to) = (url(&c.regions[0].1, "url"), url(&c.regions[1].1, "url"));
+    begin_sg_shop_move(&c.http, &from, &to, "us-west").await;
+    let before = metric(&c.http, &c.gw(), RETRIES).await;
+    let record = format!("{}/v1/users/{user}/orders/o-1", c.gw());
+    let call = put_in_background(&c.http, record, &token, "held");
     // The call met a 421 and is being held (no sleeps: wait for the gateway to say so).
-    while gateway_retries(&c).await == before {
+    while metric(&c.http, &c.gw(), RETRIES).await == before {
         tokio::task::yield_now().await;
     }
     // The control plane commits the change (re-telling the nodes is idempotent at epoch 2).
@@ -586,7 +587,6 @@ async fn a_call_that_meets_a_moved_range_is_held_and_retried_transparently() {
         .unwrap();
     assert_eq!(direct.text().await.unwrap(), "held");
     // A gateway of its own process reaches every node over the network.
-    use super::up_in_process::{HTTP1, HTTP2, IN_PROCESS, metric};
     assert_eq!(metric(&c.http, &c.gw(), IN_PROCESS).await, 0);
     assert!(metric(&c.http, &c.gw(), HTTP1).await >= 2);
     assert_eq!(
@@ -598,7 +598,6 @@ async fn a_call_that_meets_a_moved_range_is_held_and_retried_transparently() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_told_to_speak_http2_to_the_nodes_does() {
-    use super::up_in_process::{HTTP1, HTTP2, metric};
     let c = Cluster::start().await;
     let key = c._dir.path().join("gateway-h2.key").display().to_string();
     let h2 = spawn(&[
@@ -615,16 +614,8 @@ async fn a_gateway_told_to_speak_http2_to_the_nodes_does() {
         "http2",
     ]);
     let gw = url(&h2, "gateway");
-    let r = c
-        .http
-        .post(format!("{gw}/v1/signup"))
-        .json(&json!({ "market": "SG" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let v: Value = r.json().await.unwrap();
-    let (user, token) = (v["user"].as_str().unwrap(), v["token"].as_str().unwrap());
+    let (user, token) = super::adversarial::signup(&c.http, &gw, "SG").await;
+    let token = token.as_str();
     let record = format!("{gw}/v1/users/{user}/orders/o-1");
     let put = c
         .http

@@ -2,30 +2,14 @@
 //! them in-process (decision 0017): no socket, TLS or HTTP encoding between them, and the same
 //! answers — ownership checks, refusals, 421s, holds and retries — as over the network.
 
-use super::cluster_processes::{member_client, spawn};
+use super::adversarial::signup;
+use super::cluster_processes::{
+    HTTP1, HTTP2, IN_PROCESS, RETRIES, begin_sg_shop_move, member_client, metric,
+    put_in_background, spawn,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::path::Path;
-
-/// The value of the metric line that starts with `series ` on `url`'s `/metrics`.
-pub(crate) async fn metric(http: &reqwest::Client, url: &str, series: &str) -> u64 {
-    let text = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-pub(crate) const IN_PROCESS: &str = "domicile_gateway_forwards_total{hop=\"in_process\"}";
-pub(crate) const HTTP1: &str = "domicile_gateway_forwards_total{hop=\"http1\"}";
-pub(crate) const HTTP2: &str = "domicile_gateway_forwards_total{hop=\"http2\"}";
 
 /// Calls the gateway at `gw` sent to nodes over the network, in either HTTP version.
 async fn over_network(http: &reqwest::Client, gw: &str) -> u64 {
@@ -51,25 +35,8 @@ async fn up_calls_its_own_nodes_in_process_with_every_check_of_the_network_path(
     let admin = std::fs::read_to_string(field("admin_token_file")).unwrap();
     let http = member_client(Path::new(&field("tls_dir")));
 
-    let signup = |market: &'static str| {
-        let (http, gw) = (http.clone(), gw.clone());
-        async move {
-            let r = http
-                .post(format!("{gw}/v1/signup"))
-                .json(&json!({ "market": market }))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), StatusCode::OK);
-            let v: Value = r.json().await.unwrap();
-            (
-                v["user"].as_str().unwrap().to_string(),
-                v["token"].as_str().unwrap().to_string(),
-            )
-        }
-    };
-    let (user, token) = signup("SG").await;
-    let (other, _) = signup("SG").await;
+    let (user, token) = signup(&http, &gw, "SG").await;
+    let (other, _) = signup(&http, &gw, "SG").await;
     let record = format!("{gw}/v1/users/{user}/orders/o-1");
 
     // A write and a read, answered by cn-beijing's node inside the process.
@@ -112,38 +79,13 @@ async fn up_calls_its_own_nodes_in_process_with_every_check_of_the_network_path(
     assert!(before >= 3, "calls went in-process: {before}");
     assert_eq!(over_network(&http, &gw).await, 0, "no call used a socket");
 
-    // A move's first half, as the control plane performs it: cn-beijing releases SG's shop to
-    // ap-singapore at epoch 2 and ap-singapore owns it, not yet committed, so the gateway's
-    // table still says cn-beijing — whose in-process node must answer 421.
-    let range = |owner: Option<&str>| json!({ "service": "ecommerce", "market": "SG", "buckets": "0-1023", "epoch": 2, "owner": owner });
-    for (node, step, owner) in [
-        (&beijing, "release", Some("ap-singapore")),
-        (&singapore, "own", None),
-    ] {
-        let r = http
-            .post(format!("{node}/internal/{step}"))
-            .json(&range(owner))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "{step}");
-    }
-    let retries = "domicile_gateway_retries_total";
-    let before = metric(&http, &gw, retries).await;
-    let held = {
-        let (http, record, token) = (http.clone(), record.clone(), token.clone());
-        tokio::spawn(async move {
-            http.put(record)
-                .bearer_auth(token)
-                .body("held")
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    // A move's first half: cn-beijing releases SG's shop to ap-singapore, which owns it; the
+    // gateway's table still says cn-beijing, whose in-process node must answer 421.
+    begin_sg_shop_move(&http, &beijing, &singapore, "ap-singapore").await;
+    let before = metric(&http, &gw, RETRIES).await;
+    let held = put_in_background(&http, record.clone(), &token, "held");
     // The call met the 421 and waits for a newer table (no sleeps: the gateway says so).
-    while metric(&http, &gw, retries).await == before {
+    while metric(&http, &gw, RETRIES).await == before {
         tokio::task::yield_now().await;
     }
     let commit = http

@@ -279,7 +279,7 @@ const RELAYED: [header::HeaderName; 4] = [
 ];
 
 /// Sends the call to `route`'s node: into its router when it runs in this process, else over
-/// the pooled HTTP client. Either way the node answers the same request with the same checks.
+/// the pooled HTTP client. Either way the node gets the same request and makes the same checks.
 async fn forward(
     state: &GatewayState,
     method: &Method,
@@ -291,26 +291,40 @@ async fn forward(
 ) -> Result<Response, reqwest::Error> {
     if let Some(node) = state.local.router(route) {
         state.metrics.forwarded_in_process.inc();
-        return Ok(forward_in_process(node, method, path, headers, identity, route, payload).await);
+        let body = match payload {
+            Payload::Buffered(bytes) => Body::from(bytes.clone()),
+            Payload::Streamed(body) => body.take().unwrap_or_else(Body::empty),
+        };
+        let mut request = match node_request(method, path, headers, identity, route).body(body) {
+            Ok(request) => request,
+            Err(e) => return Ok(not_forwardable(e)),
+        };
+        // The gateway is a cluster member, as its client certificate says over TLS.
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(domicile_http::Peer {
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                cluster_member: true,
+            }));
+        use tower::ServiceExt;
+        return Ok(match node.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        });
     }
-    let mut req = state
-        .http
-        .request(method.clone(), format!("{}{path}", route.url))
-        .header(MARKET_HEADER, identity.market.as_str())
-        .header(EPOCH_HEADER, route.epoch.0);
-    for name in FORWARDED {
-        if let Some(v) = headers.get(&name) {
-            req = req.header(name, v);
-        }
-    }
-    req = match payload {
-        Payload::Buffered(bytes) => req.body(bytes.clone()),
+    let body = match payload {
+        Payload::Buffered(bytes) => reqwest::Body::from(bytes.clone()),
         Payload::Streamed(body) => match body.take() {
-            Some(body) => req.body(reqwest::Body::wrap_stream(body.into_data_stream())),
-            None => req,
+            Some(body) => reqwest::Body::wrap_stream(body.into_data_stream()),
+            None => reqwest::Body::from(Bytes::new()),
         },
     };
-    let response = req.send().await.inspect_err(|_| {
+    let uri = format!("{}{path}", route.url);
+    let request = match node_request(method, &uri, headers, identity, route).body(body) {
+        Ok(request) => reqwest::Request::try_from(request)?,
+        Err(e) => return Ok(not_forwardable(e)),
+    };
+    let response = state.http.execute(request).await.inspect_err(|_| {
         state.metrics.forwards_failed.inc();
     })?;
     match response.version() {
@@ -320,21 +334,18 @@ async fn forward(
     Ok(axum::http::Response::from(response).map(Body::new))
 }
 
-/// The same request as [`forward`] sends over the network, handed to an in-process node's
-/// router. The gateway is a cluster member, as its client certificate says over TLS.
-async fn forward_in_process(
-    node: axum::Router,
+/// The request a node gets for a call: `method` on `uri`, the user's market, the route's epoch
+/// and the client's headers that matter to the node.
+fn node_request(
     method: &Method,
-    path: &str,
+    uri: &str,
     headers: &HeaderMap,
     identity: &Identity,
     route: &Route,
-    payload: &mut Payload,
-) -> Response {
-    use tower::ServiceExt;
+) -> axum::http::request::Builder {
     let mut request = axum::http::Request::builder()
         .method(method.clone())
-        .uri(path)
+        .uri(uri)
         .header(MARKET_HEADER, identity.market.as_str())
         .header(EPOCH_HEADER, route.epoch.0);
     for name in FORWARDED {
@@ -342,29 +353,11 @@ async fn forward_in_process(
             request = request.header(name, v);
         }
     }
-    let body = match payload {
-        Payload::Buffered(bytes) => Body::from(bytes.clone()),
-        Payload::Streamed(body) => body.take().unwrap_or_else(Body::empty),
-    };
-    let request = match request.body(body) {
-        Ok(mut request) => {
-            request
-                .extensions_mut()
-                .insert(axum::extract::ConnectInfo(domicile_http::Peer {
-                    addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-                    cluster_member: true,
-                }));
-            request
-        }
-        Err(e) => {
-            return ApiError::bad("invalid_path", format!("not a forwardable call: {e}"))
-                .into_response();
-        }
-    };
-    match node.oneshot(request).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
+    request
+}
+
+fn not_forwardable(e: axum::http::Error) -> Response {
+    ApiError::bad("invalid_path", format!("not a forwardable call: {e}")).into_response()
 }
 
 /// The node's answer as the client gets it: its status, the headers a client needs, and its
