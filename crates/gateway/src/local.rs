@@ -41,10 +41,6 @@ impl LocalNodes {
             .filter(|node| node.url == route.url)
             .map(|node| node.router.clone())
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
 }
 
 impl std::fmt::Debug for LocalNodes {
@@ -52,5 +48,53 @@ impl std::fmt::Debug for LocalNodes {
         f.debug_map()
             .entries(self.nodes.iter().map(|(region, node)| (region, &node.url)))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domicile_core::{Bucket, CollectionKind, Epoch, ServiceName};
+
+    fn route(region: &str, url: &str) -> Route {
+        Route {
+            service: ServiceName::new("ecommerce").expect("service"),
+            kind: CollectionKind::Records,
+            bucket: Bucket(7),
+            region: RegionId::new(region).expect("region"),
+            url: url.to_string(),
+            epoch: Epoch(1),
+        }
+    }
+
+    #[test]
+    fn only_a_node_of_this_process_at_the_url_the_table_gives_is_called_in_process() {
+        let local = LocalNodes::default().with(
+            RegionId::new("cn-beijing").expect("region"),
+            "https://127.0.0.1:4001".into(),
+            Router::new(),
+        );
+        assert!(
+            local
+                .router(&route("cn-beijing", "https://127.0.0.1:4001"))
+                .is_some()
+        );
+        // The control plane moved the region elsewhere: the call follows the table.
+        assert!(
+            local
+                .router(&route("cn-beijing", "https://10.0.0.9:4001"))
+                .is_none()
+        );
+        // A region of another process.
+        assert!(
+            local
+                .router(&route("us-west", "https://127.0.0.1:4001"))
+                .is_none()
+        );
+        assert!(
+            LocalNodes::default()
+                .router(&route("cn-beijing", "https://127.0.0.1:4001"))
+                .is_none()
+        );
     }
 }
