@@ -248,7 +248,7 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
     )
     .await?;
     let e = cluster.endpoints.clone();
-    let (networked, _gateway_process) =
+    let (networked, mut gateway_process) =
         networked_gateway(&e, &dir.path().join("gateway.key"), &args).await?;
     // HTTP/1.1 connections (one per concurrent client) over TLS, with the cluster's `client`
     // certificate, which region nodes require (the gateway asks for none).
@@ -316,6 +316,12 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
         }
     })
     .await;
+    // The gateway process goes first: it watches the control plane, which stops with the
+    // cluster, and would log it unreachable on the way down.
+    gateway_process
+        .kill()
+        .await
+        .context("stop the gateway process")?;
     cluster.shutdown().await?;
     let rps = |p| mean(&saturated, p, |r| r.rps);
     let share = |p| (rps(p) / rps(ReadPath::Direct) * 100.0).round() / 100.0;
