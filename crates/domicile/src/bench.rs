@@ -238,6 +238,14 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
     anyhow::ensure!(args.seconds > 0.0, "--seconds must be positive");
     // Read before `--gateway-cpu` pins this process (the machine's CPUs, not the pinned set).
     let machine = domicile_bench::machine::Machine::current();
+    if let Some(cpu) = args.gateway_cpu {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        anyhow::ensure!(
+            cpu < cpus && cpus > 1,
+            "--gateway-cpu {cpu}: this machine has CPUs 0-{}, and needs another for the rest",
+            cpus - 1
+        );
+    }
     let dir = tempfile::Builder::new()
         .prefix("domicile-bench-gw-")
         .tempdir()?;
@@ -249,7 +257,13 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
     .await?;
     let e = cluster.endpoints.clone();
     let (networked, mut gateway_process) =
-        networked_gateway(&e, &dir.path().join("gateway.key"), &args).await?;
+        match networked_gateway(&e, &dir.path().join("gateway.key"), &args).await {
+            Ok(started) => started,
+            Err(e) => {
+                cluster.shutdown().await?;
+                return Err(e);
+            }
+        };
     // HTTP/1.1 connections (one per concurrent client) over TLS, with the cluster's `client`
     // certificate, which region nodes require (the gateway asks for none).
     let http = domicile_client::builder(&cluster.member, domicile_client::Alpn::Http1)
@@ -384,11 +398,6 @@ async fn networked_gateway(
     let mut command = match args.gateway_cpu {
         Some(cpu) => {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            anyhow::ensure!(
-                cpu < cpus && cpus > 1,
-                "--gateway-cpu {cpu}: this machine has CPUs 0-{}, and needs another for the rest",
-                cpus - 1
-            );
             let others: Vec<String> = (0..cpus)
                 .filter(|c| *c != cpu)
                 .map(|c| c.to_string())

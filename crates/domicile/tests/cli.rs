@@ -151,3 +151,48 @@ fn bad_input_is_one_line_and_a_non_zero_exit() {
         );
     }
 }
+
+#[test]
+fn bench_gateway_reports_every_path_and_refuses_a_cpu_the_machine_lacks() {
+    let out = domicile(&[
+        "bench",
+        "gateway",
+        "--json",
+        "--clients",
+        "2",
+        "--seconds",
+        "0.2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for rps in ["direct_rps", "gateway_rps", "networked_gateway_rps"] {
+        assert!(report[rps].as_f64().unwrap() > 0.0, "{rps}: {report}");
+    }
+    for ms in [
+        "added_p50_ms",
+        "added_p99_ms",
+        "networked_added_p50_ms",
+        "networked_added_p99_ms",
+    ] {
+        assert!(report[ms].is_f64(), "{ms}: {report}");
+    }
+    assert_eq!(report["errors"], 0);
+    assert_eq!(report["networked_gateway_node_http"], "http1");
+
+    let out = domicile(&[
+        "bench",
+        "gateway",
+        "--gateway-cpu",
+        "4096",
+        "--seconds",
+        "0.1",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--gateway-cpu 4096"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
