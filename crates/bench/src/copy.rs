@@ -355,10 +355,9 @@ pub async fn run_copy_bench(
     let mover = Mover {
         source,
         target,
-        blob_collections: domicile_migrate::blob_collections(
-            &domicile_core::reference::cluster_config().schema,
-            &scope.service,
-        ),
+        blob_collections: domicile_core::reference::cluster_config()
+            .schema
+            .blob_collections_of(&scope.service),
         scope,
         buckets: domicile_core::BucketCount::DEFAULT,
     };

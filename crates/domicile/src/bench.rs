@@ -659,10 +659,7 @@ async fn cutover(args: CutoverArgs) -> Result<()> {
             target: RegionClient::new(url(&spec.target)?, nodes.clone()),
             scope: spec.scope(),
             buckets: table.buckets,
-            blob_collections: domicile_migrate::blob_collections(
-                &table.schema,
-                &spec.scope().service,
-            ),
+            blob_collections: table.schema.blob_collections_of(&spec.scope().service),
         };
         let ctl = HttpControl {
             url: e.control.clone(),

@@ -17,4 +17,4 @@ pub mod status_view;
 pub mod throttle;
 pub mod wave;
 
-pub use mover::{CopyReport, MoveError, Mover, Verification, blob_collections};
+pub use mover::{CopyReport, MoveError, Mover, Verification};

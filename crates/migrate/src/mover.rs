@@ -4,7 +4,7 @@ use crate::throttle::Throttle;
 use domicile_client::ClientError;
 use domicile_client::region::RegionClient;
 use domicile_core::Version;
-use domicile_core::{Bucket, BucketCount, BucketSet, CollectionName, Schema, ServiceName};
+use domicile_core::{Bucket, BucketCount, BucketSet, CollectionName};
 use domicile_store::RecordAddress;
 use domicile_store::{BlobRef, Lsn, VersionedRecord};
 use domicile_wire::api::ImportResponse;
@@ -99,11 +99,6 @@ pub struct Mover {
     pub buckets: BucketCount,
     /// The scope's blob collections: their records travel after their blobs.
     pub blob_collections: BTreeSet<CollectionName>,
-}
-
-/// The blob collections of `service` in `schema`.
-pub fn blob_collections(schema: &Schema, service: &ServiceName) -> BTreeSet<CollectionName> {
-    schema.blob_collections_of(service)
 }
 
 /// Blobs copied at once while a chunk's records wait for them.

@@ -553,7 +553,9 @@ mod wave_model;
 fn reference_blob_collections(
     service: &domicile_core::ServiceName,
 ) -> std::collections::BTreeSet<domicile_core::CollectionName> {
-    domicile_migrate::blob_collections(&domicile_core::reference::cluster_config().schema, service)
+    domicile_core::reference::cluster_config()
+        .schema
+        .blob_collections_of(service)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,7 +75,7 @@ pub(crate) fn mover(engine: &Engine, spec: &WaveSpec) -> Result<Mover, String> {
         target: client(&spec.target)?,
         scope: spec.scope(),
         buckets: table.buckets,
-        blob_collections: domicile_migrate::blob_collections(&table.schema, &spec.scope().service),
+        blob_collections: table.schema.blob_collections_of(&spec.scope().service),
     })
 }
 
