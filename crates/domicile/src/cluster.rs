@@ -104,13 +104,22 @@ impl Cluster {
         // Region nodes first: their bound addresses go into the routing table.
         let mut bound = Vec::new();
         let mut urls = BTreeMap::new();
+        let mut local = LocalNodes::default();
         for region in &config.regions {
             let state = domicile_region::open(config, &region.id, data_dir)
                 .await
                 .with_context(|| format!("open region {}", region.id))?
                 .with_peer_transport(&region_tls.client);
             let node = BoundNode::bind(state, "127.0.0.1:0").await?;
-            urls.insert(region.id.clone(), format!("https://{}", node.local_addr()?));
+            let url = format!("https://{}", node.local_addr()?);
+            // The gateway calls this node in-process (decision 0017); it still serves its URL
+            // for the control plane, movers, other nodes and tools.
+            local = local.with(
+                region.id.clone(),
+                url.clone(),
+                domicile_region::router(node.state()),
+            );
+            urls.insert(region.id.clone(), url);
             bound.push(node);
         }
 
@@ -138,14 +147,6 @@ impl Cluster {
                 .context("control plane")
         });
 
-        // The gateway calls these nodes in-process (decision 0017); each still serves its URL
-        // for the control plane, movers, other nodes and tools.
-        let mut local = LocalNodes::default();
-        for node in &bound {
-            let region = node.state().region.clone();
-            let url = urls.get(&region).cloned().unwrap_or_default();
-            local = local.with(region, url, domicile_region::router(node.state()));
-        }
         for node in bound {
             let state = node.state();
             let client = domicile_client::control::ControlClient::new(

@@ -173,16 +173,8 @@ async fn route_and_forward(
         _ => Payload::Buffered(request::body(body, state.config.max_record_bytes).await?),
     };
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    let response = forward_routed(
-        state,
-        &identity,
-        &first.service,
-        method,
-        path,
-        headers,
-        &mut payload,
-    )
-    .await?;
+    let response =
+        forward_from(state, &identity, first, method, path, headers, &mut payload).await?;
     Ok(relay(response))
 }
 
@@ -197,8 +189,24 @@ pub(crate) async fn forward_routed(
     headers: &HeaderMap,
     payload: &mut Payload,
 ) -> Result<Response, ApiError> {
+    let first = resolve_service(&state.table(), &identity.user, identity.market, service)?;
+    forward_from(state, identity, first, method, path, headers, payload).await
+}
+
+/// [`forward_routed`] from a route already resolved (a record call resolves it to learn the
+/// collection's kind first).
+async fn forward_from(
+    state: &GatewayState,
+    identity: &Identity,
+    first: Route,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    payload: &mut Payload,
+) -> Result<Response, ApiError> {
     let deadline = tokio::time::Instant::now() + state.config.hold;
-    let mut route = resolve_service(&state.table(), &identity.user, identity.market, service)?;
+    let service = first.service.clone();
+    let mut route = first;
     loop {
         let outcome = forward(state, method, path, headers, identity, &route, payload).await;
         let retry = match outcome {
@@ -255,7 +263,7 @@ pub(crate) async fn forward_routed(
                 }
             }
         }
-        route = resolve_service(&state.table(), &identity.user, identity.market, service)?;
+        route = resolve_service(&state.table(), &identity.user, identity.market, &service)?;
     }
 }
 
