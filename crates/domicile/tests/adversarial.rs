@@ -5,7 +5,7 @@
 //! (401, 403, a TLS handshake refusal, …), so that a refusal for a wrong reason (a 404 from a
 //! mistyped path) cannot pass for a defence.
 
-use super::cluster_processes::{Process, spawn};
+use super::cluster_processes::start_up;
 use domicile_tls::rustls;
 use domicile_tls::{ClientTransport, Role, RoleTls};
 use pasetors::claims::Claims;
@@ -190,13 +190,7 @@ pub(crate) async fn signup(http: &Client, gateway: &str, market: &str) -> (Strin
 async fn every_adversarial_access_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let up: Process = spawn(&[
-        "up",
-        "--data-dir",
-        &data.display().to_string(),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
+    let up = start_up(&data);
     let e = &up.ready;
     let (gw, control) = (
         e["gateway"].as_str().unwrap().to_string(),

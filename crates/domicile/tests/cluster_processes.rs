@@ -39,6 +39,17 @@ pub(crate) fn spawn(args: &[&str]) -> Process {
     Process { child, ready }
 }
 
+/// `domicile up` with its data in `data` and its gateway on a free loopback port.
+pub(crate) fn start_up(data: &Path) -> Process {
+    spawn(&[
+        "up",
+        "--data-dir",
+        &data.display().to_string(),
+        "--listen",
+        "127.0.0.1:0",
+    ])
+}
+
 /// Makes a certificate folder with `domicile certs init DIR/tls` and returns it.
 pub(crate) fn certs(dir: &Path) -> std::path::PathBuf {
     let tls = dir.join("tls");

@@ -5,7 +5,7 @@
 use super::adversarial::signup;
 use super::cluster_processes::{
     HTTP1, HTTP2, IN_PROCESS, RETRIES, begin_sg_shop_move, member_client, metric,
-    put_in_background, spawn,
+    put_in_background, start_up,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -20,13 +20,7 @@ async fn over_network(http: &reqwest::Client, gw: &str) -> u64 {
 async fn up_calls_its_own_nodes_in_process_with_every_check_of_the_network_path() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let up = spawn(&[
-        "up",
-        "--data-dir",
-        &data.display().to_string(),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
+    let up = start_up(&data);
     let e = &up.ready;
     let field = |k: &str| e[k].as_str().unwrap().to_string();
     let (gw, control) = (field("gateway"), field("control"));
